@@ -1,0 +1,82 @@
+/**
+ * Domain errors. Each carries the HTTP status it maps to, so the broker translates
+ * errors in one place (`broker/errors.ts`) instead of every route choosing a code.
+ */
+export class PeatError extends Error {
+  readonly status: number = 500;
+  override readonly name: string = "PeatError";
+}
+
+export class BadRequestError extends PeatError {
+  override readonly status = 400;
+  override readonly name = "BadRequestError";
+}
+
+export class UnauthorizedError extends PeatError {
+  override readonly status = 401;
+  override readonly name = "UnauthorizedError";
+}
+
+export class ForbiddenError extends PeatError {
+  override readonly status = 403;
+  override readonly name = "ForbiddenError";
+}
+
+export class NotFoundError extends PeatError {
+  override readonly status = 404;
+  override readonly name = "NotFoundError";
+}
+
+export class MethodNotAllowedError extends PeatError {
+  override readonly status = 405;
+  override readonly name = "MethodNotAllowedError";
+}
+
+export class ConflictError extends PeatError {
+  override readonly status = 409;
+  override readonly name = "ConflictError";
+}
+
+export class PayloadTooLargeError extends PeatError {
+  override readonly status = 413;
+  override readonly name = "PayloadTooLargeError";
+}
+
+export class UnsupportedMediaTypeError extends PeatError {
+  override readonly status = 415;
+  override readonly name = "UnsupportedMediaTypeError";
+}
+
+export class TooManyRequestsError extends PeatError {
+  override readonly status = 429;
+  override readonly name = "TooManyRequestsError";
+}
+
+export class ServiceUnavailableError extends PeatError {
+  override readonly status = 503;
+  override readonly name = "ServiceUnavailableError";
+}
+
+/** The store could not persist a write (read-only medium, I/O error). */
+export class StorageError extends PeatError {
+  override readonly status: number = 500;
+  override readonly name: string = "StorageError";
+}
+
+/** The disk is full: 507 Insufficient Storage, so clients can tell it from a bug. */
+export class InsufficientStorageError extends StorageError {
+  override readonly status = 507;
+  override readonly name = "InsufficientStorageError";
+}
+
+/** A bad environment variable. Never reaches HTTP: startup stops with exit code 1. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+  constructor(
+    readonly variable: string,
+    readonly shownValue: string,
+    readonly accepted: string,
+  ) {
+    super(`${variable}: invalid value ${shownValue}; accepted: ${accepted}`);
+  }
+}
