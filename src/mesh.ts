@@ -69,7 +69,13 @@ export class PeatMesh {
       log: this.log.child("peat_mesh::store::compaction"),
       ...config.compaction,
     });
-    this.discovery = createDiscovery(config, this.log);
+    this.discovery = createDiscovery({
+      config,
+      log: this.log,
+      identity: this.identity,
+      formationKey: this.formationKey,
+      brokerPort: () => this.broker.port,
+    });
     this.store.onChange((e) =>
       this.events.emit({ type: "SyncEvent", collection: e.collection, doc_id: e.id, action: e.action, origin: e.origin }),
     );

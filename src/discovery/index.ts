@@ -1,11 +1,23 @@
 import type { Config } from "../config.ts";
 import { PeatError } from "../errors.ts";
+import type { FormationKey, NodeIdentity } from "../identity/index.ts";
 import type { Logger } from "../log.ts";
+import { MdnsDiscovery } from "./mdns.ts";
 import { StaticDiscovery } from "./static.ts";
 import type { DiscoveryStrategy } from "./types.ts";
 
 export * from "./types.ts";
+export { MdnsDiscovery } from "./mdns.ts";
 export { StaticDiscovery } from "./static.ts";
+
+export interface DiscoveryDeps {
+  config: Config;
+  log: Logger;
+  identity: NodeIdentity;
+  formationKey: FormationKey;
+  /** The broker's bound port, known only once it has started (PEAT_BROKER_PORT may be 0). */
+  brokerPort: () => number;
+}
 
 export class DiscoveryUnavailableError extends PeatError {
   override readonly name = "DiscoveryUnavailableError";
@@ -15,7 +27,7 @@ export class DiscoveryUnavailableError extends PeatError {
  * The strategies PEAT_DISCOVERY selects. PEAT_STATIC_PEERS adds static peers to any mode (hybrid);
  * the connector merges duplicates by node id.
  */
-export function createDiscovery(config: Config, log: Logger): DiscoveryStrategy[] {
+export function createDiscovery({ config, log, identity, formationKey, brokerPort }: DiscoveryDeps): DiscoveryStrategy[] {
   const strategies: DiscoveryStrategy[] = [];
   switch (config.discovery) {
     case "kubernetes":
@@ -25,13 +37,27 @@ export function createDiscovery(config: Config, log: Logger): DiscoveryStrategy[
       );
     case "mdns":
       log.info("Using mDNS discovery");
-      throw new DiscoveryUnavailableError("mDNS discovery is not available in this build; use PEAT_DISCOVERY=static");
+      strategies.push(
+        new MdnsDiscovery({
+          nodeId: identity.nodeId,
+          deviceId: identity.deviceId,
+          brokerPort,
+          syncPort: config.sync.port,
+          formationFingerprint: formationKey.fingerprint(),
+          log: log.child("peat_mesh::discovery::mdns"),
+        }),
+      );
+      break;
     case "static":
       log.info("Using static peer discovery", { peers: config.staticPeers.length });
       break;
   }
   if (config.staticPeers.length > 0 || config.discovery === "static") {
-    strategies.push(new StaticDiscovery({ peers: config.staticPeers, log: log.child("peat_mesh::discovery::static") }));
+    strategies.push(new StaticDiscovery({
+        peers: config.staticPeers,
+        selfNodeId: identity.nodeId,
+        log: log.child("peat_mesh::discovery::static"),
+      }),);
   }
   return strategies;
 }

@@ -99,6 +99,9 @@ export class MdnsDiscovery implements DiscoveryStrategy {
       host: mdnsHostName(this.options.nodeId),
       txt,
       disableIPv6: true,
+      // Instance names carry the node id, unique in a formation. Probing would also mistake our own
+      // goodbye from a quick restart for a rival and never publish, and it delays start by ~1 s.
+      probe: false,
     });
     log.info(`Advertising node ${this.options.nodeId} on port ${this.options.syncPort} via mDNS`);
 

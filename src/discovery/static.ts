@@ -14,6 +14,8 @@ const systemResolver: Resolver = async (host) => (await lookup(host, { all: true
 
 export interface StaticDiscoveryOptions {
   peers: StaticPeerAddress[];
+  /** Entries naming this node are skipped, so one list can serve every gateway of a federation. */
+  selfNodeId?: string;
   log: Logger;
   resolveIntervalMs?: number;
   resolver?: Resolver;
@@ -29,6 +31,7 @@ export class StaticDiscovery implements DiscoveryStrategy {
   private readonly emitter = new DiscoveryEmitter();
   private readonly known = new Map<string, DiscoveredPeer>();
   private timer: ReturnType<typeof setInterval> | undefined;
+  private running = false;
   private readonly resolver: Resolver;
 
   constructor(private readonly options: StaticDiscoveryOptions) {
@@ -44,11 +47,13 @@ export class StaticDiscovery implements DiscoveryStrategy {
   }
 
   async start(): Promise<void> {
+    this.running = true;
     await this.refresh();
     this.timer = setInterval(() => void this.refresh(), this.options.resolveIntervalMs ?? 30_000);
   }
 
   async stop(): Promise<void> {
+    this.running = false;
     clearInterval(this.timer);
     this.timer = undefined;
     for (const nodeId of this.known.keys()) this.emitter.emit({ type: "PeerLost", nodeId, source: "static" });
@@ -56,7 +61,8 @@ export class StaticDiscovery implements DiscoveryStrategy {
   }
 
   private async refresh(): Promise<void> {
-    await Promise.all(this.options.peers.map((peer) => this.refreshOne(peer)));
+    const others = this.options.peers.filter((p) => p.name === undefined || p.name !== this.options.selfNodeId);
+    await Promise.all(others.map((peer) => this.refreshOne(peer)));
   }
 
   private async refreshOne(entry: StaticPeerAddress): Promise<void> {
@@ -73,7 +79,8 @@ export class StaticDiscovery implements DiscoveryStrategy {
         return;
       }
     }
-    if (hosts.length === 0) return;
+    // A resolution that finished after stop() must not resurrect the peer.
+    if (hosts.length === 0 || !this.running) return;
     const nodeId = provisionalNodeId(entry);
     const peer: DiscoveredPeer = {
       nodeId,
