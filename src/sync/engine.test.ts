@@ -1,0 +1,248 @@
+/**
+ * The sync engine between real SQLite stores over the in-process transport: push, reconcile,
+ * LatestOnly last-writer-wins, tombstones, multi-hop relay, byte cost of an idle check, and
+ * protocol violations. (The same engine over WebRTC between processes is tested in test/sync.)
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { silentLogger } from "../log.ts";
+import { Metrics } from "../metrics.ts";
+import { DocumentStore, SyncModeRegistry } from "../store/index.ts";
+import { MemoryNetwork, MemoryTransport } from "../transport/memory.ts";
+import { SyncEngine } from "./engine.ts";
+import { encodeMessage } from "./protocol.ts";
+
+interface TestNode {
+  id: string;
+  store: DocumentStore;
+  transport: MemoryTransport;
+  engine: SyncEngine;
+  metrics: Metrics;
+  dir: string;
+}
+
+const network = () => new MemoryNetwork();
+let nodes: TestNode[] = [];
+
+async function node(net: MemoryNetwork, id: string, dir?: string): Promise<TestNode> {
+  const dataDir = dir ?? mkdtempSync(join(tmpdir(), `peat-sync-${id}-`));
+  const syncModes = new SyncModeRegistry();
+  const store = new DocumentStore({ dataDir, nodeId: id, log: silentLogger(), syncModes });
+  const transport = new MemoryTransport({ nodeId: id, network: net });
+  const metrics = new Metrics();
+  const engine = new SyncEngine({
+    store,
+    transport,
+    syncModes,
+    log: silentLogger(),
+    metrics,
+    intervalSecs: 3600,
+    tombstoneTtlSecs: 7 * 24 * 3600,
+  });
+  await store.start();
+  await transport.start();
+  await engine.start();
+  const n = { id, store, transport, engine, metrics, dir: dataDir };
+  nodes.push(n);
+  return n;
+}
+
+async function stopNode(n: TestNode): Promise<void> {
+  await n.engine.stop();
+  await n.transport.stop();
+  await n.store.stop();
+  nodes = nodes.filter((x) => x !== n);
+}
+
+afterEach(async () => {
+  for (const n of [...nodes]) {
+    await stopNode(n);
+    rmSync(n.dir, { recursive: true, force: true });
+  }
+});
+
+async function until(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!check()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(2);
+  }
+}
+
+const sentBytes = (n: TestNode) =>
+  [...n.metrics.render().matchAll(/^peat_sync_bytes_sent_total\{type="\w+"\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+
+describe("push", () => {
+  test("a write on A is readable on B; PATCH and DELETE follow", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    a.store.put("alerts", "x", { level: "low", tags: ["t"] });
+    await until(() => b.store.get("alerts", "x")?.level === "low", "the put on b");
+    a.store.patch("alerts", "x", { level: "high" });
+    await until(() => b.store.get("alerts", "x")?.level === "high", "the patch on b");
+    expect(b.store.get("alerts", "x")).toEqual({ level: "high", tags: ["t"] });
+    a.store.delete("alerts", "x");
+    await until(() => b.store.get("alerts", "x") === undefined, "the delete on b");
+    expect(b.store.getTombstone("alerts", "x")?.deletedBy).toBe("a");
+  });
+
+  test("LatestOnly documents replace whole, last writer wins, in both directions", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    a.store.put("tracks", "t1", { lat: 1, lon: 1 });
+    await until(() => b.store.get("tracks", "t1")?.lat === 1, "t1 on b");
+    b.store.put("tracks", "t1", { lat: 2 });
+    await until(() => a.store.get("tracks", "t1")?.lat === 2, "b's newer t1 on a");
+    expect(a.store.get("tracks", "t1")).toEqual({ lat: 2 });
+  });
+
+  test("concurrent FullHistory edits merge on both sides", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    a.store.put("notes", "n", { a: 1 });
+    net.connect("a", "b");
+    await until(() => b.store.get("notes", "n")?.a === 1, "n on b");
+    net.disconnect("a", "b");
+    a.store.patch("notes", "n", { fromA: true });
+    b.store.patch("notes", "n", { fromB: true });
+    net.connect("a", "b");
+    await until(
+      () => a.store.get("notes", "n")?.fromB === true && b.store.get("notes", "n")?.fromA === true,
+      "both edits on both nodes",
+    );
+    expect(a.store.get("notes", "n")).toEqual(b.store.get("notes", "n") as Record<string, unknown>);
+    expect(a.store.getVersion("notes", "n")?.headsHash).toBe(b.store.getVersion("notes", "n")?.headsHash as string);
+  });
+
+  test("a line A–B–C converges: B relays what it learns", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    const c = await node(net, "c");
+    net.connect("a", "b");
+    net.connect("b", "c");
+    a.store.put("alerts", "from-a", { v: 1 });
+    c.store.put("tracks", "from-c", { v: 2 });
+    await until(() => c.store.get("alerts", "from-a")?.v === 1 && a.store.get("tracks", "from-c")?.v === 2, "relay both ways");
+    a.store.delete("alerts", "from-a");
+    await until(() => c.store.get("alerts", "from-a") === undefined, "the relayed delete");
+  });
+});
+
+describe("reconcile", () => {
+  test("a node connecting late gets everything, and deleted documents do not come back", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    for (let i = 0; i < 300; i++) a.store.put(i % 2 ? "alerts" : "tracks", `d${i}`, { i });
+    const b = await node(net, "b");
+    // b had a copy of d0 that a deleted meanwhile: b must not resurrect it.
+    b.store.put("tracks", "stale", { old: true });
+    net.connect("a", "b");
+    await until(() => a.store.get("tracks", "stale")?.old === true, "stale reaches a");
+    a.store.delete("tracks", "stale");
+    await until(() => b.store.count("tracks") === 150 && b.store.count("alerts") === 150, "all 300 on b");
+    expect(b.store.get("tracks", "stale")).toBeUndefined();
+  });
+
+  test("a stale copy reconnecting after a delete is overruled by the tombstone", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    a.store.put("alerts", "x", { v: 1 });
+    a.store.put("tracks", "y", { v: 1 });
+    await until(() => b.store.get("alerts", "x") !== undefined && b.store.get("tracks", "y") !== undefined, "copies on b");
+    net.disconnect("a", "b");
+    a.store.delete("alerts", "x");
+    a.store.delete("tracks", "y");
+    net.connect("a", "b");
+    await until(() => b.store.get("alerts", "x") === undefined && b.store.get("tracks", "y") === undefined, "deletes on b");
+    expect(a.store.get("alerts", "x")).toBeUndefined();
+    expect(a.store.get("tracks", "y")).toBeUndefined();
+  });
+
+  test("two nodes with 2,000 identical documents exchange only root messages when they connect", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    for (let i = 0; i < 2000; i++) a.store.put(i % 2 ? "alerts" : "tracks", `d${i}`, { i, s: "some text" });
+    await until(() => b.store.count("alerts") + b.store.count("tracks") === 2000, "2000 docs on b", 20_000);
+    net.disconnect("a", "b");
+    const before = sentBytes(a) + sentBytes(b);
+    net.connect("a", "b");
+    await until(() => a.transport.connectedPeers().length === 1, "reconnect");
+    // Both sides have sent hello + root; nothing more follows because the roots are equal.
+    await until(() => sentBytes(a) + sentBytes(b) - before > 0, "the root exchange");
+    await Bun.sleep(0);
+    const cost = sentBytes(a) + sentBytes(b) - before;
+    expect(cost).toBeLessThan(200);
+    expect(a.metrics.render()).not.toContain('peat_sync_messages_sent_total{type="batch"} 0');
+  });
+
+  test("reconciling 5,000 documents where 100 changed costs a small fraction of a full sync", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    for (let i = 0; i < 5000; i++) a.store.put("alerts", `d${String(i).padStart(5, "0")}`, { i, text: "payload payload payload" });
+    await until(() => b.store.count("alerts") === 5000, "5000 docs on b", 30_000);
+    const fullSync = sentBytes(a) + sentBytes(b);
+    net.disconnect("a", "b");
+    for (let i = 0; i < 100; i++) a.store.patch("alerts", `d${String(i * 50).padStart(5, "0")}`, { changed: i });
+    const before = sentBytes(a) + sentBytes(b);
+    net.connect("a", "b");
+    await until(() => b.store.get("alerts", "d04950")?.changed === 99, "the 100 changes on b", 20_000);
+    const cost = sentBytes(a) + sentBytes(b) - before;
+    expect(cost).toBeLessThan(fullSync / 10);
+    expect(b.store.get("alerts", "d00050")).toMatchObject({ changed: 1, i: 50 });
+    expect(b.store.get("alerts", "d00051")).toEqual({ i: 51, text: "payload payload payload" });
+  }, 60_000);
+
+  test("a node restarted with an empty data dir gets everything back", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    for (let i = 0; i < 200; i++) a.store.put(i % 2 ? "alerts" : "tracks", `d${i}`, { i });
+    a.store.delete("alerts", "d1");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    await until(() => b.store.count("alerts") + b.store.count("tracks") === 199, "199 docs on b");
+    expect(b.store.getTombstone("alerts", "d1")).toBeDefined();
+  });
+});
+
+describe("a malformed message drops the peer, never the node", () => {
+  test.each([
+    ["garbage bytes", new Uint8Array([0xc1, 0xff, 0x00])],
+    ["an unknown type", encodeMessage({ t: "nope" } as never)],
+    ["a bad collection name", encodeMessage({ t: "batch", entries: [{ t: "tomb", c: "../x", id: "a", hlc: "1", by: "b", at: 1 }] })],
+    ["a wrong protocol version", encodeMessage({ t: "hello", v: 99 })],
+    ["a malformed HLC", encodeMessage({ t: "batch", entries: [{ t: "tomb", c: "alerts", id: "a", hlc: "yesterday", by: "b", at: 1 }] })],
+    ["an item outside its range", encodeMessage({ t: "items", c: "alerts", lo: "m", hi: "n", items: [["a", "0000000000000000"]] })],
+    ["an undecodable Automerge message", encodeMessage({ t: "batch", entries: [{ t: "am", c: "notes", id: "n", m: new Uint8Array([1, 2, 3]), hlc: "001000000000000.000000@x", w: "x" }] })],
+    ["an undecodable snapshot", encodeMessage({ t: "batch", entries: [{ t: "snap", c: "tracks", id: "n", data: new Uint8Array([9, 9, 9]), hlc: "001000000000000.000000@x", w: "x" }] })],
+  ])("%s", async (_label, bytes) => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    a.store.put("alerts", "keep", { v: 1 });
+    net.connect("a", "b");
+    await until(() => b.store.get("alerts", "keep") !== undefined, "initial sync");
+    b.transport.send("a", bytes);
+    await until(() => a.transport.connectedPeers().length === 0, "a drops b");
+    expect(a.store.get("alerts", "keep")).toEqual({ v: 1 });
+    expect(a.store.count("alerts")).toBe(1);
+    expect(a.metrics.render()).toMatch(/peat_sync_protocol_errors_total 1/);
+    // a is still fine: it syncs with another peer.
+    const c = await node(net, "c");
+    net.connect("a", "c");
+    await until(() => c.store.get("alerts", "keep") !== undefined, "a still syncs with c");
+  });
+});

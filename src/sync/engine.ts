@@ -1,0 +1,452 @@
+/**
+ * Keeps this node's documents and its connected peers' documents the same.
+ *
+ * - Push: every committed change (local, or applied from a peer) is sent to every other connected
+ *   peer on the next turn of the event loop, batched with whatever else changed meanwhile.
+ * - Reconcile: on connect and every PEAT_SYNC_INTERVAL_SECS, peers compare one fingerprint of all
+ *   they hold; when it differs they narrow down by collection and id range to the differing items.
+ * - FullHistory documents travel as Automerge sync-protocol messages with a sync state per peer and
+ *   document; LatestOnly documents as whole snapshots, last writer wins; deletes as tombstones.
+ *
+ * The engine knows peers only by id: how they were found and connected is the transport's business.
+ */
+import { Automerge } from "../automerge.ts";
+import type { Component } from "../lifecycle.ts";
+import type { Logger } from "../log.ts";
+import type { Counter, Metrics } from "../metrics.ts";
+import {
+  type ApplyOutcome,
+  type DocumentStore,
+  InvalidDocumentError,
+  InvalidHlcError,
+  InvalidKeyError,
+  InvalidRemoteDataError,
+  type SyncModeRegistry,
+} from "../store/index.ts";
+import type { Transport } from "../transport/types.ts";
+import { FingerprintIndex, type Item, hex64 } from "./fingerprints.ts";
+import { type Entry, MAX_BATCH_ENTRIES, MAX_ITEMS, MAX_RANGES, type Message, PROTOCOL_VERSION, ProtocolError, decodeMessage, encodeMessage } from "./protocol.ts";
+
+type SyncState = ReturnType<typeof Automerge.initSyncState>;
+type Doc = Automerge.Doc<unknown>;
+
+/** A range with at most this many items is listed item by item instead of split further. */
+const ITEM_LIST_THRESHOLD = 64;
+const SPLIT_PARTS = 16;
+/** A batch is sent once its entries reach this many bytes, to keep single messages moderate. */
+const BATCH_BYTES = 512 * 1024;
+/** Tombstones and LatestOnly/tombstone purges happen independently on each node; rebuilding the
+ * index now and then folds those in without a change event for each. */
+const INDEX_REBUILD_MS = 10 * 60_000;
+/** Sync states of peers that went away are kept (for a quick resume) for this many peers. */
+const MAX_REMEMBERED_PEERS = 64;
+
+export interface SyncEngineOptions {
+  store: DocumentStore;
+  transport: Transport;
+  syncModes: SyncModeRegistry;
+  log: Logger;
+  metrics: Metrics;
+  intervalSecs: number;
+  /** Tombstones older than this are expired everywhere and are neither sent nor accepted. */
+  tombstoneTtlSecs: number;
+}
+
+const keyOf = (c: string, id: string) => `${c}\0${id}`;
+
+/** Errors caused by what a peer sent (as opposed to faults of this node, such as a full disk). */
+function isPeerFault(err: unknown): boolean {
+  return (
+    err instanceof ProtocolError ||
+    err instanceof InvalidRemoteDataError ||
+    err instanceof InvalidHlcError ||
+    err instanceof InvalidKeyError ||
+    err instanceof InvalidDocumentError
+  );
+}
+
+interface Session {
+  peerId: string;
+  /** Keys to send to this peer on the next flush (its own echoes excluded). */
+  dirty: Set<string>;
+}
+
+export class SyncEngine implements Component {
+  readonly name = "sync";
+  private readonly index: FingerprintIndex;
+  private readonly sessions = new Map<string, Session>();
+  /** Automerge sync states per peer, per document; kept across reconnects of the same peer. */
+  private readonly states = new Map<string, Map<string, SyncState>>();
+  private readonly unsubscribe: (() => void)[] = [];
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private rebuildTimer: ReturnType<typeof setInterval> | undefined;
+  private flushScheduled = false;
+  /** The peer whose data the store is applying right now: its echo is not sent back to it. */
+  private applyingFrom: string | undefined;
+  private readonly log: Logger;
+  private readonly counters: {
+    messagesIn: Counter;
+    messagesOut: Counter;
+    bytesIn: Counter;
+    bytesOut: Counter;
+    entriesApplied: Counter;
+    protocolErrors: Counter;
+    reconciles: Counter;
+  };
+
+  constructor(private readonly options: SyncEngineOptions) {
+    this.log = options.log;
+    this.index = new FingerprintIndex(options.store, options.syncModes);
+    const m = options.metrics;
+    this.counters = {
+      messagesIn: m.counter("peat_sync_messages_received_total", "Sync messages received, by type"),
+      messagesOut: m.counter("peat_sync_messages_sent_total", "Sync messages sent, by type"),
+      bytesIn: m.counter("peat_sync_bytes_received_total", "Sync payload bytes received, by message type"),
+      bytesOut: m.counter("peat_sync_bytes_sent_total", "Sync payload bytes sent, by message type"),
+      entriesApplied: m.counter("peat_sync_entries_applied_total", "Remote document updates that changed local state, by kind"),
+      protocolErrors: m.counter("peat_sync_protocol_errors_total", "Peers dropped for malformed or out-of-protocol messages"),
+      reconciles: m.counter("peat_sync_reconciliations_total", "Reconciliation rounds that found differences"),
+    };
+    m.gauge("peat_sync_peers", "Peers with an active sync session", () => this.sessions.size);
+  }
+
+  async start(): Promise<void> {
+    const { transport, store } = this.options;
+    this.unsubscribe.push(
+      transport.onConnected((peer) => this.peerConnected(peer.peerId)),
+      transport.onDisconnected((peerId) => this.peerDisconnected(peerId)),
+      transport.onMessage((peerId, bytes) => this.received(peerId, bytes)),
+      store.onChange((e) => this.changed(e.collection, e.id)),
+    );
+    for (const peerId of transport.connectedPeers()) this.peerConnected(peerId);
+    this.timer = setInterval(() => this.reconcileAll(), this.options.intervalSecs * 1000);
+    this.rebuildTimer = setInterval(() => this.index.invalidate(), INDEX_REBUILD_MS);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    clearInterval(this.rebuildTimer);
+    for (const off of this.unsubscribe.splice(0)) off();
+    this.sessions.clear();
+  }
+
+  // ------------------------------------------------------------------ peers
+
+  private peerConnected(peerId: string): void {
+    if (this.sessions.has(peerId)) return;
+    this.sessions.set(peerId, { peerId, dirty: new Set() });
+    // After a reconnect the peer may have lost what was in flight: keep only what both sides
+    // certainly share (the Automerge-recommended reset), so nothing is assumed delivered.
+    const states = this.states.get(peerId);
+    if (states) {
+      this.states.delete(peerId);
+      const reset = new Map<string, SyncState>();
+      for (const [key, state] of states) reset.set(key, Automerge.decodeSyncState(Automerge.encodeSyncState(state)));
+      this.states.set(peerId, reset);
+    }
+    this.send(peerId, { t: "hello", v: PROTOCOL_VERSION });
+    this.send(peerId, { t: "root", ...this.index.root() });
+  }
+
+  private peerDisconnected(peerId: string): void {
+    this.sessions.delete(peerId);
+    // Keep the states for a quick resume; forget the longest-gone peers beyond the bound.
+    const states = this.states.get(peerId);
+    if (states) {
+      this.states.delete(peerId);
+      this.states.set(peerId, states);
+    }
+    while (this.states.size > MAX_REMEMBERED_PEERS) this.states.delete(this.states.keys().next().value as string);
+  }
+
+  private statesFor(peerId: string): Map<string, SyncState> {
+    let states = this.states.get(peerId);
+    if (!states) {
+      states = new Map();
+      this.states.set(peerId, states);
+    }
+    return states;
+  }
+
+  private send(peerId: string, message: Message): boolean {
+    const bytes = encodeMessage(message);
+    this.counters.messagesOut.inc(1, { type: message.t });
+    this.counters.bytesOut.inc(bytes.byteLength, { type: message.t });
+    return this.options.transport.send(peerId, bytes);
+  }
+
+  private violation(peerId: string, err: unknown): void {
+    this.counters.protocolErrors.inc();
+    this.log.warn("Dropping peer for a protocol violation", {
+      peer: peerId,
+      error: err instanceof Error ? err.message : String(err),
+    });
+    this.options.transport.disconnect(peerId, "protocol_error");
+    this.peerDisconnected(peerId);
+    this.states.delete(peerId);
+  }
+
+  // ------------------------------------------------------------------ push
+
+  private changed(collection: string, id: string): void {
+    this.index.update(collection, id);
+    const key = keyOf(collection, id);
+    for (const session of this.sessions.values()) {
+      if (session.peerId !== this.applyingFrom) session.dirty.add(key);
+    }
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Not a timer: the batch is whatever committed before the loop comes round, so a lone write
+    // goes out at once and a burst goes out together.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    for (const session of this.sessions.values()) {
+      if (session.dirty.size === 0) continue;
+      const keys = [...session.dirty];
+      session.dirty.clear();
+      this.sendEntries(session.peerId, keys);
+    }
+  }
+
+  /** Sends the current state of each key to the peer, in batches of bounded size. */
+  private sendEntries(peerId: string, keys: string[]): void {
+    let entries: Entry[] = [];
+    let bytes = 0;
+    for (const key of keys) {
+      const sep = key.indexOf("\0");
+      const entry = this.entryFor(peerId, key.slice(0, sep), key.slice(sep + 1));
+      if (!entry) continue;
+      entries.push(entry);
+      bytes += entry.t === "am" ? entry.m.byteLength : entry.t === "snap" ? entry.data.byteLength : 64;
+      if (bytes >= BATCH_BYTES || entries.length >= MAX_BATCH_ENTRIES) {
+        if (!this.send(peerId, { t: "batch", entries })) return;
+        entries = [];
+        bytes = 0;
+      }
+    }
+    if (entries.length > 0) this.send(peerId, { t: "batch", entries });
+  }
+
+  /** What to send a peer for one document: a tombstone, a snapshot, or an Automerge sync message. */
+  private entryFor(peerId: string, c: string, id: string): Entry | undefined {
+    const { store } = this.options;
+    const version = store.getVersion(c, id);
+    if (!version) {
+      const t = store.getTombstone(c, id);
+      if (!t || this.expired(t.deletedAt)) return undefined;
+      return { t: "tomb", c, id, hlc: t.hlc, by: t.deletedBy, at: t.deletedAt };
+    }
+    if (this.options.syncModes.isLatestOnly(c)) {
+      const data = store.getDocBytes(c, id);
+      return data ? { t: "snap", c, id, data, hlc: version.hlc, w: version.writer } : undefined;
+    }
+    const doc = store.getDoc(c, id);
+    if (!doc) return undefined;
+    const states = this.statesFor(peerId);
+    const key = keyOf(c, id);
+    const [state, message] = Automerge.generateSyncMessage(doc, states.get(key) ?? Automerge.initSyncState());
+    states.set(key, state);
+    return message ? { t: "am", c, id, m: message, hlc: version.hlc, w: version.writer } : undefined;
+  }
+
+  private expired(deletedAt: number): boolean {
+    return deletedAt < Date.now() - this.options.tombstoneTtlSecs * 1000;
+  }
+
+  // ------------------------------------------------------------------ receive
+
+  private received(peerId: string, bytes: Uint8Array): void {
+    if (!this.sessions.has(peerId)) return;
+    let message: Message;
+    try {
+      message = decodeMessage(bytes);
+    } catch (err) {
+      this.violation(peerId, err);
+      return;
+    }
+    this.counters.messagesIn.inc(1, { type: message.t });
+    this.counters.bytesIn.inc(bytes.byteLength, { type: message.t });
+    try {
+      this.handle(peerId, message);
+    } catch (err) {
+      if (isPeerFault(err)) this.violation(peerId, err);
+      else throw err;
+    }
+  }
+
+  private handle(peerId: string, message: Message): void {
+    switch (message.t) {
+      case "hello":
+        if (message.v !== PROTOCOL_VERSION) throw new ProtocolError(`unsupported protocol version ${message.v}`);
+        return;
+      case "root": {
+        // Both sides send roots; only the one with the smaller node id drives the narrowing, so
+        // the work is not done twice.
+        const mine = this.index.root();
+        if ((mine.fp !== message.fp || mine.n !== message.n) && this.options.store.nodeId < peerId) {
+          this.send(peerId, { t: "cols", cols: this.index.cols() });
+        }
+        return;
+      }
+      case "cols":
+        return this.compareCollections(peerId, message.cols);
+      case "ranges":
+        return this.compareRanges(peerId, message.c, message.ranges);
+      case "items":
+        return this.compareItems(peerId, message.c, message.lo, message.hi, message.items);
+      case "want":
+        return this.sendEntries(
+          peerId,
+          message.ids.map((id) => keyOf(message.c, id)),
+        );
+      case "batch": {
+        // Replies and push-backs for the whole batch go out together, as one message.
+        const replies: Entry[] = [];
+        const pushBack: string[] = [];
+        for (const entry of message.entries) this.apply(peerId, entry, replies, pushBack);
+        this.sendBatch(peerId, replies);
+        if (pushBack.length > 0) this.sendEntries(peerId, pushBack);
+        return;
+      }
+    }
+  }
+
+  private compareCollections(peerId: string, theirs: { c: string; fp: string; n: number }[]): void {
+    const mine = new Map(this.index.cols().map((c) => [c.c, c]));
+    const names = new Set([...mine.keys(), ...theirs.map((c) => c.c)]);
+    const byName = new Map(theirs.map((c) => [c.c, c]));
+    let differing = 0;
+    for (const c of names) {
+      const a = mine.get(c);
+      const b = byName.get(c);
+      if (a && b && a.fp === b.fp && a.n === b.n) continue;
+      differing++;
+      this.offerRange(peerId, c, "", "");
+    }
+    if (differing > 0) this.counters.reconciles.inc();
+  }
+
+  /** Starts narrowing [lo, hi) of a collection: list it if small, else send its split summaries. */
+  private offerRange(peerId: string, c: string, lo: string, hi: string): void {
+    const ids = this.index.idsIn(c, lo, hi);
+    if (ids.length <= ITEM_LIST_THRESHOLD) this.sendItems(peerId, c, lo, hi, ids);
+    else this.send(peerId, { t: "ranges", c, ranges: this.index.split(c, lo, hi, SPLIT_PARTS) });
+  }
+
+  private sendItems(peerId: string, c: string, lo: string, hi: string, ids: string[]): void {
+    const items = ids.map((id) => [id, hex64((this.index.item(c, id) as Item).fp)] as [string, string]);
+    this.send(peerId, { t: "items", c, lo, hi, items });
+  }
+
+  private compareRanges(peerId: string, c: string, ranges: { lo: string; hi: string; fp: string; n: number }[]): void {
+    const replies: { lo: string; hi: string; fp: string; n: number }[] = [];
+    for (const range of ranges) {
+      const mine = this.index.summarise(c, range.lo, range.hi);
+      if (mine.fp === range.fp && mine.n === range.n) continue;
+      if (mine.n <= ITEM_LIST_THRESHOLD) {
+        this.sendItems(peerId, c, range.lo, range.hi, this.index.idsIn(c, range.lo, range.hi));
+        continue;
+      }
+      replies.push(...this.index.split(c, range.lo, range.hi, SPLIT_PARTS));
+    }
+    for (let i = 0; i < replies.length; i += MAX_RANGES) {
+      this.send(peerId, { t: "ranges", c, ranges: replies.slice(i, i + MAX_RANGES) });
+    }
+  }
+
+  /**
+   * The receiver of a range's items sees both sides: it sends whatever it holds that differs and
+   * asks for what only the sender holds. Where both hold different versions, the exchange that
+   * follows settles it: Automerge merges FullHistory documents, and for snapshots and tombstones
+   * the older side answers with its newer state.
+   */
+  private compareItems(peerId: string, c: string, lo: string, hi: string, items: [string, string][]): void {
+    const theirs = new Map(items);
+    const send: string[] = [];
+    for (const id of this.index.idsIn(c, lo, hi)) {
+      const fp = theirs.get(id);
+      theirs.delete(id);
+      if (fp !== hex64((this.index.item(c, id) as Item).fp)) send.push(id);
+    }
+    for (const id of theirs.keys()) {
+      // An item outside the range it was sent for can only come from a confused or hostile peer.
+      if ((lo !== "" && id < lo) || (hi !== "" && id >= hi)) throw new ProtocolError(`item '${id}' outside range`);
+    }
+    const want = [...theirs.keys()];
+    if (send.length > 0) this.sendEntries(peerId, send.map((id) => keyOf(c, id)));
+    for (let i = 0; i < want.length; i += MAX_ITEMS) this.send(peerId, { t: "want", c, ids: want.slice(i, i + MAX_ITEMS) });
+  }
+
+  private sendBatch(peerId: string, entries: Entry[]): void {
+    for (let i = 0; i < entries.length; i += MAX_BATCH_ENTRIES) {
+      this.send(peerId, { t: "batch", entries: entries.slice(i, i + MAX_BATCH_ENTRIES) });
+    }
+  }
+
+  private apply(peerId: string, entry: Entry, replies: Entry[], pushBack: string[]): void {
+    const { store } = this.options;
+    let outcome: ApplyOutcome;
+    this.applyingFrom = peerId;
+    try {
+      switch (entry.t) {
+        case "tomb":
+          if (this.expired(entry.at)) return;
+          outcome = store.applyRemoteTombstone({ collection: entry.c, id: entry.id, deletedAt: entry.at, deletedBy: entry.by, hlc: entry.hlc });
+          break;
+        case "snap":
+          outcome = store.applyRemoteSnapshot(entry.c, entry.id, entry.data, entry.hlc, entry.w);
+          break;
+        case "am":
+          outcome = this.applySyncMessage(peerId, entry, replies);
+          break;
+      }
+    } finally {
+      this.applyingFrom = undefined;
+    }
+    this.index.update(entry.c, entry.id);
+    if (outcome === "applied") this.counters.entriesApplied.inc(1, { kind: entry.t });
+    // We hold something newer than what arrived (a later write, or a delete): send it back, so
+    // the peer converges now rather than at the next reconciliation.
+    if (outcome === "superseded") pushBack.push(keyOf(entry.c, entry.id));
+  }
+
+  private applySyncMessage(peerId: string, entry: Extract<Entry, { t: "am" }>, replies: Entry[]): ApplyOutcome {
+    const { store } = this.options;
+    const key = keyOf(entry.c, entry.id);
+    const states = this.statesFor(peerId);
+    let state = states.get(key) ?? Automerge.initSyncState();
+    const outcome = store.applyRemoteWith(entry.c, entry.id, { hlc: entry.hlc, writer: entry.w }, (doc: Doc) => {
+      const [next, nextState] = Automerge.receiveSyncMessage(doc, state, entry.m);
+      state = nextState;
+      return next;
+    });
+    states.set(key, state);
+    if (outcome === "superseded") return outcome;
+    // Answer within the same exchange: acknowledge, ask for what is missing, or send what they lack.
+    const doc = store.getDoc(entry.c, entry.id);
+    const version = store.getVersion(entry.c, entry.id);
+    const base = doc ?? Automerge.init<unknown>();
+    const [replyState, reply] = Automerge.generateSyncMessage(base, state);
+    if (!doc) Automerge.free(base);
+    states.set(key, replyState);
+    if (reply) replies.push({ t: "am", c: entry.c, id: entry.id, m: reply, hlc: version?.hlc ?? entry.hlc, w: version?.writer ?? entry.w });
+    return outcome;
+  }
+
+  // ------------------------------------------------------------------ reconcile
+
+  private reconcileAll(): void {
+    if (this.sessions.size === 0) return;
+    const root = this.index.root();
+    for (const peerId of this.sessions.keys()) this.send(peerId, { t: "root", ...root });
+  }
+}
