@@ -134,14 +134,13 @@ export class NodeProcess {
   }
 
   async waitReady(timeoutMs = 15_000): Promise<void> {
-    await waitFor(
-      async () => {
-        if (this.proc.exitCode !== null) throw new Error(`node exited with ${this.proc.exitCode}: ${this.stderrLines.join(" | ")}`);
-        return (await this.fetch("/api/v1/ready")).status === 200;
-      },
-      timeoutMs,
-      `node ${this.env.HOSTNAME} to be ready`,
-    );
+    // A node that dies during startup fails the wait at once, not when the deadline runs out.
+    const died = this.exited.then((code) => {
+      throw new Error(`node ${this.env.HOSTNAME} exited with ${code} before ready: ${this.stderrLines.join(" | ")}`);
+    });
+    const ready = waitFor(async () => (await this.fetch("/api/v1/ready")).status === 200, timeoutMs, `node ${this.env.HOSTNAME} to be ready`);
+    died.catch(() => {});
+    await Promise.race([ready, died]);
   }
 
   /** SIGTERM, then wait for the exit code (SIGKILL if it overruns `timeoutMs`). */
