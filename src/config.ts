@@ -58,6 +58,8 @@ export interface Config {
   };
   kubernetes: {
     namespace?: string;
+    /** Where the service-account token, CA and namespace files are (default: the in-pod mount). */
+    serviceAccountDir?: string;
     labelSelector: string;
     apiVersion: "discovery.k8s.io/v1" | "discovery.k8s.io/v1beta1";
   };
@@ -400,6 +402,7 @@ export function loadConfig(env: Env = process.env): Config {
     },
     kubernetes: {
       ...(namespace ? { namespace } : {}),
+      ...(env.PEAT_K8S_SERVICE_ACCOUNT_DIR?.trim() ? { serviceAccountDir: env.PEAT_K8S_SERVICE_ACCOUNT_DIR.trim() } : {}),
       labelSelector,
       apiVersion,
     },

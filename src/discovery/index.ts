@@ -1,7 +1,7 @@
 import type { Config } from "../config.ts";
-import { PeatError } from "../errors.ts";
 import type { FormationKey, NodeIdentity } from "../identity/index.ts";
 import type { Logger } from "../log.ts";
+import { KubernetesDiscovery } from "./kubernetes.ts";
 import { MdnsDiscovery } from "./mdns.ts";
 import { StaticDiscovery } from "./static.ts";
 import type { DiscoveryStrategy } from "./types.ts";
@@ -19,10 +19,6 @@ export interface DiscoveryDeps {
   brokerPort: () => number;
 }
 
-export class DiscoveryUnavailableError extends PeatError {
-  override readonly name = "DiscoveryUnavailableError";
-}
-
 /**
  * The strategies PEAT_DISCOVERY selects. PEAT_STATIC_PEERS adds static peers to any mode (hybrid);
  * the connector merges duplicates by node id.
@@ -32,9 +28,20 @@ export function createDiscovery({ config, log, identity, formationKey, brokerPor
   switch (config.discovery) {
     case "kubernetes":
       log.info("Using Kubernetes EndpointSlice discovery");
-      throw new DiscoveryUnavailableError(
-        "Kubernetes discovery is not available in this build; use PEAT_DISCOVERY=static with PEAT_STATIC_PEERS (or mdns)",
+      strategies.push(
+        new KubernetesDiscovery({
+          selfNodeId: identity.nodeId,
+          namespace: config.kubernetes.namespace,
+          labelSelector: config.kubernetes.labelSelector,
+          apiVersion: config.kubernetes.apiVersion,
+          // Used only for slices that do not name their ports: every replica shares this config.
+          defaultBrokerPort: brokerPort,
+          defaultSyncPort: config.sync.port,
+          serviceAccountDir: config.kubernetes.serviceAccountDir,
+          log: log.child("peat_mesh::discovery::kubernetes"),
+        }),
       );
+      break;
     case "mdns":
       log.info("Using mDNS discovery");
       strategies.push(
