@@ -41,6 +41,10 @@ export interface Config {
     portRangeSize: number;
     /** STUN/TURN servers, as node-datachannel ICE server URLs. */
     iceServers: string[];
+    /** Local address for ICE host candidates; unset offers every interface. */
+    bindAddress?: string;
+    /** One UDP port shared by every peer connection (true), or one port per connection from the range. */
+    udpMux: boolean;
     intervalSecs: number;
   };
   compaction: {
@@ -379,6 +383,8 @@ export function loadConfig(env: Env = process.env): Config {
       port: syncPort,
       portRangeSize,
       iceServers: parseIceServers(env),
+      ...(env.PEAT_SYNC_BIND !== undefined ? { bindAddress: parseBindAddress(env, "PEAT_SYNC_BIND", "") } : {}),
+      udpMux: boolean(env, "PEAT_SYNC_UDP_MUX", true),
       intervalSecs: integer(env, ["PEAT_SYNC_INTERVAL_SECS"], DEFAULTS.PEAT_SYNC_INTERVAL_SECS, 1, 3600),
     },
     compaction: {

@@ -9,52 +9,52 @@ export class PeatError extends Error {
 
 export class BadRequestError extends PeatError {
   override readonly status = 400;
-  override readonly name = "BadRequestError";
+  override readonly name: string = "BadRequestError";
 }
 
 export class UnauthorizedError extends PeatError {
   override readonly status = 401;
-  override readonly name = "UnauthorizedError";
+  override readonly name: string = "UnauthorizedError";
 }
 
 export class ForbiddenError extends PeatError {
   override readonly status = 403;
-  override readonly name = "ForbiddenError";
+  override readonly name: string = "ForbiddenError";
 }
 
 export class NotFoundError extends PeatError {
   override readonly status = 404;
-  override readonly name = "NotFoundError";
+  override readonly name: string = "NotFoundError";
 }
 
 export class MethodNotAllowedError extends PeatError {
   override readonly status = 405;
-  override readonly name = "MethodNotAllowedError";
+  override readonly name: string = "MethodNotAllowedError";
 }
 
 export class ConflictError extends PeatError {
   override readonly status = 409;
-  override readonly name = "ConflictError";
+  override readonly name: string = "ConflictError";
 }
 
 export class PayloadTooLargeError extends PeatError {
   override readonly status = 413;
-  override readonly name = "PayloadTooLargeError";
+  override readonly name: string = "PayloadTooLargeError";
 }
 
 export class UnsupportedMediaTypeError extends PeatError {
   override readonly status = 415;
-  override readonly name = "UnsupportedMediaTypeError";
+  override readonly name: string = "UnsupportedMediaTypeError";
 }
 
 export class TooManyRequestsError extends PeatError {
   override readonly status = 429;
-  override readonly name = "TooManyRequestsError";
+  override readonly name: string = "TooManyRequestsError";
 }
 
 export class ServiceUnavailableError extends PeatError {
   override readonly status = 503;
-  override readonly name = "ServiceUnavailableError";
+  override readonly name: string = "ServiceUnavailableError";
 }
 
 /** The store could not persist a write (read-only medium, I/O error). */
@@ -66,12 +66,12 @@ export class StorageError extends PeatError {
 /** The disk is full: 507 Insufficient Storage, so clients can tell it from a bug. */
 export class InsufficientStorageError extends StorageError {
   override readonly status = 507;
-  override readonly name = "InsufficientStorageError";
+  override readonly name: string = "InsufficientStorageError";
 }
 
 /** A bad environment variable. Never reaches HTTP: startup stops with exit code 1. */
 export class ConfigError extends Error {
-  override readonly name = "ConfigError";
+  override readonly name: string = "ConfigError";
   constructor(
     readonly variable: string,
     readonly shownValue: string,

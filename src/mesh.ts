@@ -2,7 +2,8 @@
  * The composition root: builds every component from the config, wires them together, starts them
  * in order and stops them in reverse. Nothing else constructs components.
  *
- * Start order: broker (so probes answer, 503 until the rest is up) → store → discovery.
+ * Start order: broker (so probes answer, 503 until the rest is up) → store → compactor → transport
+ * → sync → connector → discovery.
  */
 import { Broker, type ReadinessCheck } from "./broker/server.ts";
 import type { Config } from "./config.ts";
@@ -17,6 +18,8 @@ import { metaRoutes } from "./broker/openapi.ts";
 import { wsRoutes } from "./broker/ws.ts";
 import { MeshEvents } from "./events.ts";
 import { Metrics } from "./metrics.ts";
+import { SyncEngine } from "./sync/engine.ts";
+import { PeerConnector, WebRtcTransport, peerRoutes, signalRoutes } from "./transport/index.ts";
 
 export interface MeshOptions {
   config: Config;
@@ -33,6 +36,9 @@ export class PeatMesh {
   readonly store: DocumentStore;
   readonly discovery: DiscoveryStrategy[];
   readonly broker: Broker;
+  readonly transport: WebRtcTransport;
+  readonly connector: PeerConnector;
+  readonly sync: SyncEngine;
   readonly events = new MeshEvents();
   readonly metrics = new Metrics();
   private readonly components: Component[];
@@ -81,6 +87,38 @@ export class PeatMesh {
     );
     this.registerStoreMetrics();
 
+    this.transport = new WebRtcTransport({
+      identity: this.identity,
+      formationKey: this.formationKey,
+      seed: config.formationSecret,
+      config: {
+        port: config.sync.port,
+        portRangeSize: config.sync.portRangeSize,
+        iceServers: config.sync.iceServers,
+        udpMux: config.sync.udpMux,
+        ...(config.sync.bindAddress ? { bindAddress: config.sync.bindAddress } : {}),
+      },
+      log: this.log,
+      events: this.events,
+      metrics: this.metrics,
+      brokerPortOfSelf: () => this.broker.port,
+    });
+    this.connector = new PeerConnector({
+      transport: this.transport,
+      discovery: this.discovery,
+      identity: this.identity,
+      log: this.log,
+    });
+    this.sync = new SyncEngine({
+      store: this.store,
+      transport: this.transport,
+      syncModes,
+      log: this.log.child("peat_mesh::sync"),
+      metrics: this.metrics,
+      intervalSecs: config.sync.intervalSecs,
+      tombstoneTtlSecs: config.store.tombstoneTtlSecs,
+    });
+
     this.broker = new Broker({
       port: config.broker.port,
       bindAddress: config.broker.bindAddress,
@@ -104,10 +142,13 @@ export class PeatMesh {
           maxBufferedBytes: config.broker.wsMaxBufferedBytes,
         }),
         metaRoutes({ metrics: this.metrics, version: options.version }),
+        signalRoutes(this.transport),
+        peerRoutes(this.connector),
       ],
     });
 
-    this.components = [this.broker, this.store, compactor, ...this.discovery];
+    // Discovery last: peers it finds are dialled by a started transport and synced by a started engine.
+    this.components = [this.broker, this.store, compactor, this.transport, this.sync, this.connector, ...this.discovery];
   }
 
   private registerStoreMetrics(): void {
