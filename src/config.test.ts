@@ -17,7 +17,7 @@ function configError(env: Env): ConfigError {
 
 describe("defaults", () => {
   test("only the secret set gives the seed's defaults", () => {
-    const c = loadConfig(base);
+    const c = loadConfig(base, { hostname: () => undefined });
     expect(c.hostname).toBe("peat-mesh-0");
     expect(c.discovery).toBe("kubernetes");
     expect(c.dataDir).toBe("/data");
@@ -39,6 +39,12 @@ describe("defaults", () => {
 });
 
 describe("parsing", () => {
+  test("HOSTNAME unset falls back to the machine's name, then to peat-mesh-0", () => {
+    expect(loadConfig(base, { hostname: () => "edge-box-7" }).hostname).toBe("edge-box-7");
+    expect(loadConfig(base, { hostname: () => "bad name!" }).hostname).toBe("peat-mesh-0");
+    expect(loadConfig({ ...base, HOSTNAME: "pod-3" }, { hostname: () => "edge-box-7" }).hostname).toBe("pod-3");
+  });
+
   test("every variable of the seed's table is read", () => {
     const c = loadConfig({
       ...base,

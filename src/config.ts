@@ -4,6 +4,7 @@
  * Unlike the original, nothing falls back silently: a bad value throws ConfigError naming the
  * variable, the value (never the secret) and what is accepted, and main() exits 1 with that line.
  */
+import { hostname as osHostname } from "node:os";
 import { ConfigError } from "./errors.ts";
 import { InvalidBase64Error, decodeStrictBase64 } from "./identity/index.ts";
 import { type LogFilter, type LogFormat, LogFilterError, parseLogFilter } from "./log.ts";
@@ -169,11 +170,20 @@ function parseSecret(env: Env): Uint8Array {
   return bytes;
 }
 
-function parseHostname(env: Env): string {
+const HOSTNAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/;
+
+/**
+ * Kubernetes and Docker set HOSTNAME; a shell does not export it. Falling back to the machine's
+ * name rather than a constant keeps nodes on one LAN from all claiming to be `peat-mesh-0`.
+ */
+function parseHostname(env: Env, systemHostname: () => string | undefined): string {
   const raw = env.HOSTNAME;
-  if (raw === undefined) return DEFAULTS.HOSTNAME;
+  if (raw === undefined) {
+    const system = systemHostname();
+    return system && HOSTNAME_PATTERN.test(system) ? system : DEFAULTS.HOSTNAME;
+  }
   const value = raw.trim();
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/.test(value)) {
+  if (!HOSTNAME_PATTERN.test(value)) {
     throw new ConfigError(
       "HOSTNAME",
       shown(raw),
@@ -337,10 +347,15 @@ function parseBindAddress(env: Env, name: string, fallback: string): string {
   return value;
 }
 
-export function loadConfig(env: Env = process.env): Config {
+export interface SystemFacts {
+  /** The machine's host name, used when HOSTNAME is not in the environment. */
+  hostname: () => string | undefined;
+}
+
+export function loadConfig(env: Env = process.env, system: SystemFacts = { hostname: () => osHostname() }): Config {
   // Order matters only for which error is reported first: the secret, as in the original.
   const formationSecret = parseSecret(env);
-  const hostname = parseHostname(env);
+  const hostname = parseHostname(env, system.hostname);
   const discovery = parseDiscovery(env);
   const portRangeSize = integer(env, ["PEAT_SYNC_PORT_RANGE"], DEFAULTS.PEAT_SYNC_PORT_RANGE, 1, 1024);
   const syncPort = integer(

@@ -72,6 +72,10 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** The command to run; defaults to `bun src/main.ts`. */
   command?: string[];
+  /** Runs the command inside a network namespace (`ip netns exec` prefix). */
+  prefix?: string[];
+  /** Address the test reaches the broker at (default 127.0.0.1). */
+  host?: string;
   cwd?: string;
   /** Wait for the broker to answer /api/v1/ready with 200 (default true). */
   waitReady?: boolean;
@@ -88,6 +92,7 @@ export class NodeProcess {
     readonly proc: ReturnType<typeof Bun.spawn>,
     brokerPort: number,
     readonly env: Record<string, string>,
+    readonly host = "127.0.0.1",
   ) {
     this.brokerPort = brokerPort;
     this.exited = proc.exited;
@@ -100,7 +105,7 @@ export class NodeProcess {
   }
 
   get url(): string {
-    return `http://127.0.0.1:${this.brokerPort}`;
+    return `http://${this.host}:${this.brokerPort}`;
   }
 
   private async pump(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
@@ -177,14 +182,14 @@ export async function startNode(options: StartOptions = {}): Promise<NodeProcess
     RUST_LOG: "info,peat_mesh=debug",
     ...options.env,
   };
-  const proc = Bun.spawn(options.command ?? [process.execPath, MAIN], {
+  const proc = Bun.spawn([...(options.prefix ?? []), ...(options.command ?? [process.execPath, MAIN])], {
     env,
     cwd: options.cwd ?? PROJECT_ROOT,
     stdout: "pipe",
     stderr: "pipe",
     stdin: "ignore",
   });
-  const node = new NodeProcess(proc, brokerPort, env);
+  const node = new NodeProcess(proc, brokerPort, env, options.host);
   running.add(node);
   if (options.waitReady !== false) await node.waitReady(options.readyTimeoutMs);
   return node;
