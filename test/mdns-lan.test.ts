@@ -77,4 +77,34 @@ describe.skipIf(skip !== undefined)(`mDNS LAN of network namespaces${skip ? ` (s
       await net.destroy();
     }
   }, 60_000);
+
+  test("hybrid: a peer found by mDNS and by an unnamed static entry is one peer with one connection", async () => {
+    const net = BridgeNetwork.create({ hosts: 2, rootLink: true });
+    try {
+      const [h1, h2] = net.hosts as { name: string; address: string }[];
+      const common = { PEAT_DISCOVERY: "mdns", PEAT_BROKER_BIND: "0.0.0.0", PEAT_BROKER_PORT: "8081", PEAT_IROH_BIND_PORT: "11204" };
+      const alpha = await startNode({
+        prefix: net.execPrefix((h1 as { name: string }).name),
+        host: h1?.address,
+        env: { ...common, HOSTNAME: "alpha", PEAT_DATA_DIR: tempDir(), PEAT_STATIC_PEERS: `${h2?.address}:8081` },
+      });
+      const bravo = await startNode({
+        prefix: net.execPrefix((h2 as { name: string }).name),
+        host: h2?.address,
+        env: { ...common, HOSTNAME: "bravo", PEAT_DATA_DIR: tempDir() },
+      });
+      await waitFor(() => connectedTo(alpha).has("bravo") && connectedTo(bravo).has("alpha"), 20_000, "alpha and bravo connected");
+      const peers = await waitFor(async () => {
+        const { body } = await alpha.json<{ peers: { id: string; connected: boolean; discovered_via: string[] }[] }>("/api/v1/peers");
+        const bravoView = body.peers.find((p) => p.id === "bravo");
+        return bravoView && bravoView.discovered_via.length === 2 ? body.peers : undefined;
+      }, 20_000, "bravo seen through both mDNS and the static entry");
+      expect(peers.map((p) => p.id)).toEqual(["bravo"]);
+      expect(peers[0]?.discovered_via.sort()).toEqual(["mdns", "static"]);
+      expect(alpha.lines.filter((l) => l.includes("Peer connected peer=bravo"))).toHaveLength(1);
+    } finally {
+      await stopAllNodes();
+      await net.destroy();
+    }
+  }, 60_000);
 });
