@@ -54,6 +54,12 @@ export interface SyncEngineOptions {
 
 const keyOf = (c: string, id: string) => `${c}\0${id}`;
 
+function sameHeads(a: string[], b: string[]): boolean {
+  if (a.length !== b.length) return false;
+  const set = new Set(a);
+  return b.every((h) => set.has(h));
+}
+
 /** Errors caused by what a peer sent (as opposed to faults of this node, such as a full disk). */
 function isPeerFault(err: unknown): boolean {
   return (
@@ -77,6 +83,12 @@ export class SyncEngine implements Component {
   private readonly sessions = new Map<string, Session>();
   /** Automerge sync states per peer, per document; kept across reconnects of the same peer. */
   private readonly states = new Map<string, Map<string, SyncState>>();
+  /**
+   * Heads each peer is known to hold, per FullHistory document (from a finished Automerge exchange
+   * or an acknowledged delta). Facts about the peer's stored data, so they survive reconnects; if
+   * the peer lost its data, the next delta fails on missing dependencies and falls back.
+   */
+  private readonly shared = new Map<string, Map<string, string[]>>();
   private readonly unsubscribe: (() => void)[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
   private rebuildTimer: ReturnType<typeof setInterval> | undefined;
@@ -157,6 +169,12 @@ export class SyncEngine implements Component {
       this.states.set(peerId, states);
     }
     while (this.states.size > MAX_REMEMBERED_PEERS) this.states.delete(this.states.keys().next().value as string);
+    const shared = this.shared.get(peerId);
+    if (shared) {
+      this.shared.delete(peerId);
+      this.shared.set(peerId, shared);
+    }
+    while (this.shared.size > MAX_REMEMBERED_PEERS) this.shared.delete(this.shared.keys().next().value as string);
   }
 
   private statesFor(peerId: string): Map<string, SyncState> {
@@ -166,6 +184,15 @@ export class SyncEngine implements Component {
       this.states.set(peerId, states);
     }
     return states;
+  }
+
+  private sharedFor(peerId: string): Map<string, string[]> {
+    let shared = this.shared.get(peerId);
+    if (!shared) {
+      shared = new Map();
+      this.shared.set(peerId, shared);
+    }
+    return shared;
   }
 
   private send(peerId: string, message: Message): boolean {
@@ -184,6 +211,7 @@ export class SyncEngine implements Component {
     this.options.transport.disconnect(peerId, "protocol_error");
     this.peerDisconnected(peerId);
     this.states.delete(peerId);
+    this.shared.delete(peerId);
   }
 
   // ------------------------------------------------------------------ push
@@ -226,7 +254,7 @@ export class SyncEngine implements Component {
       const entry = this.entryFor(peerId, key.slice(0, sep), key.slice(sep + 1));
       if (!entry) continue;
       entries.push(entry);
-      bytes += entry.t === "am" ? entry.m.byteLength : entry.t === "snap" ? entry.data.byteLength : 64;
+      bytes += entry.t === "am" ? entry.m.byteLength : entry.t === "tomb" ? 64 : entry.data.byteLength;
       if (bytes >= BATCH_BYTES || entries.length >= MAX_BATCH_ENTRIES) {
         if (!this.send(peerId, { t: "batch", entries })) return;
         entries = [];
@@ -251,8 +279,16 @@ export class SyncEngine implements Component {
     }
     const doc = store.getDoc(c, id);
     if (!doc) return undefined;
-    const states = this.statesFor(peerId);
     const key = keyOf(c, id);
+    const heads = Automerge.getHeads(doc);
+    const known = this.shared.get(peerId)?.get(key);
+    if (known && Automerge.hasHeads(doc, known)) {
+      if (sameHeads(known, heads)) return undefined;
+      // Assume delivery; a receiver missing dependencies answers with an Automerge exchange instead.
+      this.sharedFor(peerId).set(key, heads);
+      return { t: "chg", c, id, data: Automerge.saveSince(doc, known), heads, hlc: version.hlc, w: version.writer };
+    }
+    const states = this.statesFor(peerId);
     const [state, message] = Automerge.generateSyncMessage(doc, states.get(key) ?? Automerge.initSyncState());
     states.set(key, state);
     return message ? { t: "am", c, id, m: message, hlc: version.hlc, w: version.writer } : undefined;
@@ -408,6 +444,9 @@ export class SyncEngine implements Component {
         case "am":
           outcome = this.applySyncMessage(peerId, entry, replies);
           break;
+        case "chg":
+          outcome = this.applyDelta(peerId, entry, replies);
+          break;
       }
     } finally {
       this.applyingFrom = undefined;
@@ -438,7 +477,39 @@ export class SyncEngine implements Component {
     const [replyState, reply] = Automerge.generateSyncMessage(base, state);
     if (!doc) Automerge.free(base);
     states.set(key, replyState);
+    if (replyState.sharedHeads.length > 0) this.sharedFor(peerId).set(key, replyState.sharedHeads);
     if (reply) replies.push({ t: "am", c: entry.c, id: entry.id, m: reply, hlc: version?.hlc ?? entry.hlc, w: version?.writer ?? entry.w });
+    return outcome;
+  }
+
+  /** Applies a peer's delta; answers with our own extra changes, or an Automerge exchange if it does not fit. */
+  private applyDelta(peerId: string, entry: Extract<Entry, { t: "chg" }>, replies: Entry[]): ApplyOutcome {
+    const { store } = this.options;
+    const key = keyOf(entry.c, entry.id);
+    const outcome = store.applyRemoteWith(entry.c, entry.id, { hlc: entry.hlc, writer: entry.w }, (doc: Doc) =>
+      Automerge.loadIncremental(doc, entry.data),
+    );
+    if (outcome === "superseded") return outcome;
+    const doc = store.getDoc(entry.c, entry.id);
+    const version = store.getVersion(entry.c, entry.id);
+    if (outcome === "missing-deps" || !doc || !version || !Automerge.hasHeads(doc, entry.heads)) {
+      // The sender's idea of what we hold was wrong (we lost data, or it never arrived): fall back
+      // to the Automerge exchange, which works out what each side lacks from scratch.
+      this.shared.get(peerId)?.delete(key);
+      this.statesFor(peerId).delete(key);
+      const base = doc ?? Automerge.init<unknown>();
+      const [state, message] = Automerge.generateSyncMessage(base, Automerge.initSyncState());
+      if (!doc) Automerge.free(base);
+      this.statesFor(peerId).set(key, state);
+      if (message) replies.push({ t: "am", c: entry.c, id: entry.id, m: message, hlc: version?.hlc ?? entry.hlc, w: version?.writer ?? entry.w });
+      return outcome;
+    }
+    const heads = Automerge.getHeads(doc);
+    this.sharedFor(peerId).set(key, heads);
+    // We held changes the sender lacked (concurrent edits): send them back relative to its heads.
+    if (!sameHeads(heads, entry.heads)) {
+      replies.push({ t: "chg", c: entry.c, id: entry.id, data: Automerge.saveSince(doc, entry.heads), heads, hlc: version.hlc, w: version.writer });
+    }
     return outcome;
   }
 

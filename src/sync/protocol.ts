@@ -27,6 +27,12 @@ export interface Version {
 export type Entry =
   /** Automerge sync-protocol message for a FullHistory document. */
   | ({ t: "am"; c: string; id: string; m: Uint8Array } & Version)
+  /**
+   * The changes of a FullHistory document since `base`, heads the receiver is known to hold
+   * (`Automerge.saveSince` bytes), and the sender's heads after them. One message instead of an
+   * Automerge sync exchange whenever the sender knows where the receiver stands.
+   */
+  | ({ t: "chg"; c: string; id: string; data: Uint8Array; heads: string[] } & Version)
   /** Whole current state of a LatestOnly document (`Automerge.save` bytes), last writer wins. */
   | ({ t: "snap"; c: string; id: string; data: Uint8Array } & Version)
   /** A delete marker. `at` is wall-clock ms (expiry), `by` the deleting node. */
@@ -75,6 +81,9 @@ const isWriter = (v: unknown): v is string => typeof v === "string" && v.length 
 const isFp = (v: unknown): v is string => typeof v === "string" && /^[0-9a-f]{16}$/.test(v);
 const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
+export const MAX_HEADS = 64;
+const isHeads = (v: unknown): v is string[] =>
+  Array.isArray(v) && v.length > 0 && v.length <= MAX_HEADS && v.every((h) => typeof h === "string" && /^[0-9a-f]{64}$/.test(h));
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
 export function isEntry(v: unknown): v is Entry {
@@ -82,6 +91,8 @@ export function isEntry(v: unknown): v is Entry {
   switch (v.t) {
     case "am":
       return isBytes(v.m) && isHlc(v.hlc) && isWriter(v.w);
+    case "chg":
+      return isBytes(v.data) && isHeads(v.heads) && isHlc(v.hlc) && isWriter(v.w);
     case "snap":
       return isBytes(v.data) && isHlc(v.hlc) && isWriter(v.w);
     case "tomb":
