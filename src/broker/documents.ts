@@ -4,6 +4,7 @@
  */
 import type { Elysia } from "elysia";
 import { BadRequestError, NotFoundError, PayloadTooLargeError } from "../errors.ts";
+import { decodeUtf8, readCapped } from "../read-capped.ts";
 import type { DocumentStore, JsonObject, JsonValue } from "../store/index.ts";
 import { jsonResponse } from "./errors.ts";
 import type { RouteGroup } from "./server.ts";
@@ -38,29 +39,12 @@ function depthWithin(value: JsonValue, limit: number): boolean {
   return true;
 }
 
-/** Reads the body with a hard cap (chunked bodies have no Content-Length to check up front). */
+/** Reads and checks a JSON-object body under the size cap. */
 async function readBody(request: Request, maxBytes: number): Promise<JsonObject> {
-  const reader = request.body?.getReader();
-  if (!reader) throw new BadRequestError("request body required: a JSON object");
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > maxBytes) {
-      await reader.cancel().catch(() => {});
-      throw new PayloadTooLargeError(`request body exceeds ${maxBytes} bytes`);
-    }
-    chunks.push(value);
-  }
-  if (total === 0) throw new BadRequestError("request body required: a JSON object");
-  let text: string;
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(Buffer.concat(chunks));
-  } catch {
-    throw new BadRequestError("request body is not valid UTF-8");
-  }
+  const bytes = await readCapped(request.body, maxBytes, () => new PayloadTooLargeError(`request body exceeds ${maxBytes} bytes`));
+  if (bytes.byteLength === 0) throw new BadRequestError("request body required: a JSON object");
+  const text = decodeUtf8(bytes);
+  if (text === undefined) throw new BadRequestError("request body is not valid UTF-8");
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

@@ -6,13 +6,8 @@
  */
 import { DEFAULT_MAX_MESSAGE_BYTES } from "./framing.ts";
 import { MessageTooLargeError } from "./errors.ts";
-import {
-  type ConnectedListener,
-  type DisconnectedListener,
-  DisconnectReasons,
-  type MessageListener,
-  type Transport,
-} from "./types.ts";
+import { TransportListeners } from "./listeners.ts";
+import { DisconnectReasons, type Transport } from "./types.ts";
 
 interface MemoryLink {
   open: boolean;
@@ -57,19 +52,17 @@ export interface MemoryTransportOptions {
   maxMessageBytes?: number;
 }
 
-export class MemoryTransport implements Transport {
+export class MemoryTransport extends TransportListeners implements Transport {
   readonly name = "transport:memory";
   readonly nodeId: string;
   readonly deviceId: string;
   readonly maxMessageBytes: number;
   private readonly network: MemoryNetwork;
   private readonly links = new Map<string, { peer: MemoryTransport; link: MemoryLink; announced: boolean }>();
-  private readonly connectedListeners = new Set<ConnectedListener>();
-  private readonly messageListeners = new Set<MessageListener>();
-  private readonly disconnectedListeners = new Set<DisconnectedListener>();
   private running = false;
 
   constructor(options: MemoryTransportOptions) {
+    super();
     this.nodeId = options.nodeId;
     this.deviceId = options.deviceId ?? options.nodeId;
     this.network = options.network;
@@ -89,19 +82,11 @@ export class MemoryTransport implements Transport {
     this.running = false;
   }
 
-  onConnected(listener: ConnectedListener): () => void {
-    this.connectedListeners.add(listener);
-    return () => this.connectedListeners.delete(listener);
-  }
-
-  onMessage(listener: MessageListener): () => void {
-    this.messageListeners.add(listener);
-    return () => this.messageListeners.delete(listener);
-  }
-
-  onDisconnected(listener: DisconnectedListener): () => void {
-    this.disconnectedListeners.add(listener);
-    return () => this.disconnectedListeners.delete(listener);
+  /** Tests want a consumer's bug loud: rethrow it outside the delivery loop. */
+  protected listenerFailed(err: unknown): void {
+    queueMicrotask(() => {
+      throw err;
+    });
   }
 
   connectedPeers(): string[] {
@@ -144,7 +129,7 @@ export class MemoryTransport implements Transport {
       if (!link.open) return;
       entry.announced = true;
       const info = { peerId: peer.nodeId, deviceId: peer.deviceId, addresses: [`memory:${peer.nodeId}`] };
-      for (const listener of this.connectedListeners) listener(info);
+      this.emitConnected(info);
     });
   }
 
@@ -156,13 +141,13 @@ export class MemoryTransport implements Transport {
     queueMicrotask(() => {
       // A connection that closed before it was announced is never reported, as with WebRTC.
       if (!entry.announced) return;
-      for (const listener of this.disconnectedListeners) listener(peerId, reason);
+      this.emitDisconnected(peerId, reason);
     });
   }
 
   /** @internal */
   deliver(from: string, bytes: Uint8Array): void {
     if (!this.links.get(from)?.link.open) return;
-    for (const listener of this.messageListeners) listener(from, bytes);
+    this.emitMessage(from, bytes);
   }
 }

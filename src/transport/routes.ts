@@ -2,6 +2,7 @@
  * Broker routes contributed by the transport: the signalling endpoint peers call, and the
  * read-only peer and topology views for local apps.
  */
+import { decodeUtf8, readCapped } from "../read-capped.ts";
 import type { Elysia } from "elysia";
 import type { RouteGroup } from "../broker/server.ts";
 import { NotFoundError } from "../errors.ts";
@@ -14,28 +15,12 @@ export const SIGNAL_PATH = "/api/v1/signal";
 /** Reads at most `maxBytes`, refusing as soon as more arrive: the cap applies before any parsing. */
 async function readBodyCapped(request: Request, maxBytes: number): Promise<string> {
   const declared = request.headers.get("content-length");
-  if (declared !== null && Number(declared) > maxBytes) {
-    throw new SignallingTooLargeError(`signalling body exceeds ${maxBytes} bytes`);
-  }
-  const reader = request.body?.getReader();
-  if (!reader) throw new SignallingFormatError("signalling body required");
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > maxBytes) {
-      await reader.cancel().catch(() => {});
-      throw new SignallingTooLargeError(`signalling body exceeds ${maxBytes} bytes`);
-    }
-    chunks.push(value);
-  }
-  try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(Buffer.concat(chunks));
-  } catch {
-    throw new SignallingFormatError("signalling body is not UTF-8");
-  }
+  const tooLarge = () => new SignallingTooLargeError(`signalling body exceeds ${maxBytes} bytes`);
+  if (declared !== null && Number(declared) > maxBytes) throw tooLarge();
+  if (!request.body) throw new SignallingFormatError("signalling body required");
+  const text = decodeUtf8(await readCapped(request.body, maxBytes, tooLarge));
+  if (text === undefined) throw new SignallingFormatError("signalling body is not UTF-8");
+  return text;
 }
 
 /**

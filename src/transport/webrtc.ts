@@ -8,6 +8,8 @@
  * it to, with a signed dial-request. Offers from the wrong side are refused, so two nodes can never
  * build two connections to each other, whichever of them discovered the other first.
  */
+import { readCapped } from "../read-capped.ts";
+import { TransportListeners } from "./listeners.ts";
 import nodeDataChannel, { type DataChannel, type PeerConnection, type RtcConfig } from "node-datachannel";
 import type { PeerAddress } from "../discovery/types.ts";
 import type { MeshEvents } from "../events.ts";
@@ -238,23 +240,6 @@ function normaliseIp(ip: string): string {
   return ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip;
 }
 
-async function readCapped(response: Response, maxBytes: number): Promise<string> {
-  const reader = response.body?.getReader();
-  if (!reader) return "";
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > maxBytes) {
-      await reader.cancel().catch(() => {});
-      throw new DialError(`signalling response exceeds ${maxBytes} bytes`);
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks).toString("utf8");
-}
 
 /** Lets a WARN through at most `perWindow` times per window, counting the rest, so a flood cannot flood the log. */
 class WarnThrottle {
@@ -283,7 +268,7 @@ class WarnThrottle {
   }
 }
 
-export class WebRtcTransport implements Transport {
+export class WebRtcTransport extends TransportListeners implements Transport {
   readonly name = "transport";
   readonly maxMessageBytes: number;
   private readonly tuning: TransportTuning;
@@ -291,9 +276,6 @@ export class WebRtcTransport implements Transport {
   private readonly codec: SignalCodec;
   private readonly limiter: RateLimiter;
   private readonly links = new Map<string, Link>();
-  private readonly connectedListeners = new Set<ConnectedListener>();
-  private readonly messageListeners = new Set<MessageListener>();
-  private readonly disconnectedListeners = new Set<DisconnectedListener>();
   private readonly dialRequestListeners = new Set<DialRequestListener>();
   /** Closed connections' native objects, held a while so their last callbacks find them alive. */
   private readonly graveyard = new Set<{ pc: PeerConnection; dc: DataChannel | undefined }>();
@@ -312,6 +294,7 @@ export class WebRtcTransport implements Transport {
   };
 
   constructor(private readonly options: WebRtcTransportOptions) {
+    super();
     this.tuning = { ...DEFAULT_TUNING, ...options.tuning };
     this.maxMessageBytes = this.tuning.maxMessageBytes;
     this.log = options.log.child("peat_mesh::transport");
@@ -378,21 +361,6 @@ export class WebRtcTransport implements Transport {
   }
 
   // ---- Transport --------------------------------------------------------------------------------
-
-  onConnected(listener: ConnectedListener): () => void {
-    this.connectedListeners.add(listener);
-    return () => this.connectedListeners.delete(listener);
-  }
-
-  onMessage(listener: MessageListener): () => void {
-    this.messageListeners.add(listener);
-    return () => this.messageListeners.delete(listener);
-  }
-
-  onDisconnected(listener: DisconnectedListener): () => void {
-    this.disconnectedListeners.add(listener);
-    return () => this.disconnectedListeners.delete(listener);
-  }
 
   connectedPeers(): string[] {
     return [...this.links.values()].filter((l) => l.state === "connected").map((l) => l.nodeId);
@@ -574,7 +542,10 @@ export class WebRtcTransport implements Transport {
         lastError = new DialError(`signalling to ${address} failed: ${errorText(err)}`);
         continue;
       }
-      const text = await readCapped(response, this.tuning.maxSignalBodyBytes);
+      const max = this.tuning.maxSignalBodyBytes;
+      const text = Buffer.from(
+        await readCapped(response.body, max, () => new DialError(`signalling response exceeds ${max} bytes`)),
+      ).toString("utf8");
       if (!response.ok) {
         let detail = text.slice(0, 200);
         try {
@@ -901,21 +872,17 @@ export class WebRtcTransport implements Transport {
     this.options.events.emit({ type: "PeerConnected", peer_id: link.nodeId, device_id: link.keys.deviceId, addresses });
     this.topologyMaybeChanged();
     const peer: TransportPeer = { peerId: link.nodeId, deviceId: link.keys.deviceId, addresses };
-    for (const listener of this.connectedListeners) this.callListener(() => listener(peer));
+    this.emitConnected(peer);
     link.settle.resolve();
   }
 
   private deliver(peerId: string, bytes: Uint8Array): void {
-    for (const listener of this.messageListeners) this.callListener(() => listener(peerId, bytes));
+    this.emitMessage(peerId, bytes);
   }
 
-  private callListener(fn: () => void): void {
-    try {
-      fn();
-    } catch (err) {
-      // A bug in a consumer must not tear down the connection that delivered to it.
-      this.log.error("Transport listener failed", { error: errorText(err) });
-    }
+  protected listenerFailed(err: unknown): void {
+    // A bug in a consumer must not tear down the connection that delivered to it.
+    this.log.error("Transport listener failed", { error: errorText(err) });
   }
 
   private sendFrame(link: Link, frame: Uint8Array): void {
@@ -1003,7 +970,7 @@ export class WebRtcTransport implements Transport {
       this.log.info("Peer disconnected", { peer: link.nodeId, reason });
       this.options.events.emit({ type: "PeerDisconnected", peer_id: link.nodeId, reason });
       this.topologyMaybeChanged();
-      for (const listener of this.disconnectedListeners) this.callListener(() => listener(link.nodeId, reason));
+      this.emitDisconnected(link.nodeId, reason);
     } else {
       const auth = reason === DisconnectReasons.authFailed || reason === DisconnectReasons.authTimeout;
       link.settle.reject(new DialError(`connection to ${link.nodeId} closed before authentication: ${reason}`, auth));
