@@ -206,6 +206,22 @@ describe("reconcile", () => {
     expect(b.store.get("alerts", "d00051")).toEqual({ i: 51, text: "payload payload payload" });
   }, 60_000);
 
+  test("a peer that lost its data (same id, empty store) is refilled, though we believed it up to date", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    let b = await node(net, "b");
+    net.connect("a", "b");
+    for (let i = 0; i < 30; i++) a.store.put("alerts", `d${i}`, { i });
+    await until(() => b.store.count("alerts") === 30, "30 docs on b");
+    await stopNode(b);
+    for (let i = 0; i < 5; i++) a.store.patch("alerts", `d${i}`, { changed: true });
+    b = await node(net, "b");
+    net.connect("a", "b");
+    await until(() => b.store.count("alerts") === 30 && b.store.get("alerts", "d4")?.changed === true, "b refilled");
+    expect(b.store.get("alerts", "d0")).toEqual({ i: 0, changed: true });
+    expect(a.metrics.render()).not.toMatch(/peat_sync_protocol_errors_total [1-9]/);
+  });
+
   test("a node restarted with an empty data dir gets everything back", async () => {
     const net = network();
     const a = await node(net, "a");

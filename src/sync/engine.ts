@@ -245,6 +245,27 @@ export class SyncEngine implements Component {
     }
   }
 
+  /**
+   * Sends keys the peer has shown it lacks or holds differently. If we believed it held exactly
+   * our current version, that belief is wrong (it restarted with an empty store, say) and is
+   * dropped, so the Automerge exchange starts from scratch. Otherwise a delta from what we believe
+   * it holds goes out, and a peer that lacks its base answers with an exchange instead.
+   */
+  private sendRequested(peerId: string, keys: string[]): void {
+    const shared = this.shared.get(peerId);
+    for (const key of keys) {
+      const known = shared?.get(key);
+      if (!known) continue;
+      const sep = key.indexOf("\0");
+      const doc = this.options.store.getDoc(key.slice(0, sep), key.slice(sep + 1));
+      if (!doc || sameHeads(known, Automerge.getHeads(doc))) {
+        shared?.delete(key);
+        this.states.get(peerId)?.delete(key);
+      }
+    }
+    this.sendEntries(peerId, keys);
+  }
+
   /** Sends the current state of each key to the peer, in batches of bounded size. */
   private sendEntries(peerId: string, keys: string[]): void {
     let entries: Entry[] = [];
@@ -340,7 +361,7 @@ export class SyncEngine implements Component {
       case "items":
         return this.compareItems(peerId, message.c, message.lo, message.hi, message.items);
       case "want":
-        return this.sendEntries(
+        return this.sendRequested(
           peerId,
           message.ids.map((id) => keyOf(message.c, id)),
         );
@@ -418,7 +439,7 @@ export class SyncEngine implements Component {
       if ((lo !== "" && id < lo) || (hi !== "" && id >= hi)) throw new ProtocolError(`item '${id}' outside range`);
     }
     const want = [...theirs.keys()];
-    if (send.length > 0) this.sendEntries(peerId, send.map((id) => keyOf(c, id)));
+    if (send.length > 0) this.sendRequested(peerId, send.map((id) => keyOf(c, id)));
     for (let i = 0; i < want.length; i += MAX_ITEMS) this.send(peerId, { t: "want", c, ids: want.slice(i, i + MAX_ITEMS) });
   }
 
