@@ -54,6 +54,25 @@ export interface SyncEngineOptions {
 
 const keyOf = (c: string, id: string) => `${c}\0${id}`;
 
+function getOrCreate<V>(map: Map<string, Map<string, V>>, key: string): Map<string, V> {
+  let inner = map.get(key);
+  if (!inner) {
+    inner = new Map();
+    map.set(key, inner);
+  }
+  return inner;
+}
+
+/** Marks `key` most recently used in an insertion-ordered map and evicts beyond `bound`. */
+function touchRecent<V>(map: Map<string, V>, key: string, bound: number): void {
+  const value = map.get(key);
+  if (value !== undefined) {
+    map.delete(key);
+    map.set(key, value);
+  }
+  while (map.size > bound) map.delete(map.keys().next().value as string);
+}
+
 function sameHeads(a: string[], b: string[]): boolean {
   if (a.length !== b.length) return false;
   const set = new Set(a);
@@ -162,37 +181,17 @@ export class SyncEngine implements Component {
 
   private peerDisconnected(peerId: string): void {
     this.sessions.delete(peerId);
-    // Keep the states for a quick resume; forget the longest-gone peers beyond the bound.
-    const states = this.states.get(peerId);
-    if (states) {
-      this.states.delete(peerId);
-      this.states.set(peerId, states);
-    }
-    while (this.states.size > MAX_REMEMBERED_PEERS) this.states.delete(this.states.keys().next().value as string);
-    const shared = this.shared.get(peerId);
-    if (shared) {
-      this.shared.delete(peerId);
-      this.shared.set(peerId, shared);
-    }
-    while (this.shared.size > MAX_REMEMBERED_PEERS) this.shared.delete(this.shared.keys().next().value as string);
+    // Keep what we know of the peer for a quick resume; forget the longest-gone peers beyond the bound.
+    touchRecent(this.states, peerId, MAX_REMEMBERED_PEERS);
+    touchRecent(this.shared, peerId, MAX_REMEMBERED_PEERS);
   }
 
   private statesFor(peerId: string): Map<string, SyncState> {
-    let states = this.states.get(peerId);
-    if (!states) {
-      states = new Map();
-      this.states.set(peerId, states);
-    }
-    return states;
+    return getOrCreate(this.states, peerId);
   }
 
   private sharedFor(peerId: string): Map<string, string[]> {
-    let shared = this.shared.get(peerId);
-    if (!shared) {
-      shared = new Map();
-      this.shared.set(peerId, shared);
-    }
-    return shared;
+    return getOrCreate(this.shared, peerId);
   }
 
   private send(peerId: string, message: Message): boolean {
