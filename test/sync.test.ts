@@ -142,11 +142,19 @@ describe("faults", () => {
     await put(a, "tracks/t", { v: 1 });
     await eventually(() => c.json<{ total: number }>("/api/v1/documents/alerts"), (r) => r.body.total === 20, "20 alerts on c");
     await eventually(() => doc(c, "tracks/t"), (d) => d?.v === 1, "tracks/t on c");
+    const ws = new WebSocket(`ws://127.0.0.1:${a.brokerPort}/api/v1/ws`);
+    const events: Record<string, unknown>[] = [];
+    ws.onmessage = (m) => events.push(JSON.parse(String(m.data)));
+    await waitFor(() => ws.readyState === WebSocket.OPEN, 5000, "ws open");
     expect(await c.stop()).toBe(0);
+    await waitFor(() => events.find((e) => e.type === "PeerDisconnected" && e.peer_id === "charlie"), 10_000, "PeerDisconnected on a's socket");
     for (let i = 0; i < 10; i++) await del(a, `alerts/d${i}`);
     await del(b, "tracks/t");
     const c2 = await launch(s[2] as Spec);
     await waitFor(() => connectedCount(c2) === 2, 15_000, "c back in the mesh");
+    await waitFor(() => events.find((e) => e.type === "PeerConnected" && e.peer_id === "charlie"), 10_000, "PeerConnected on a's socket");
+    expect(events.find((e) => e.type === "TopologyChanged")).toMatchObject({ peer_count: expect.any(Number) });
+    ws.close();
     await eventually(() => c2.json<{ total: number }>("/api/v1/documents/alerts"), (r) => r.body.total === 10, "deletes applied on c");
     await eventually(() => doc(c2, "tracks/t"), (d) => d === undefined, "tracks/t deleted on c");
     // And nothing came back on the others.
