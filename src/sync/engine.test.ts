@@ -25,9 +25,12 @@ interface TestNode {
 
 const network = () => new MemoryNetwork();
 let nodes: TestNode[] = [];
+/** Every data dir made, removed after each test even when its node was stopped and replaced. */
+const dirs = new Set<string>();
 
 async function node(net: MemoryNetwork, id: string, dir?: string): Promise<TestNode> {
   const dataDir = dir ?? mkdtempSync(join(tmpdir(), `peat-sync-${id}-`));
+  dirs.add(dataDir);
   const syncModes = new SyncModeRegistry();
   const store = new DocumentStore({ dataDir, nodeId: id, log: silentLogger(), syncModes });
   const transport = new MemoryTransport({ nodeId: id, network: net });
@@ -57,10 +60,9 @@ async function stopNode(n: TestNode): Promise<void> {
 }
 
 afterEach(async () => {
-  for (const n of [...nodes]) {
-    await stopNode(n);
-    rmSync(n.dir, { recursive: true, force: true });
-  }
+  for (const n of [...nodes]) await stopNode(n);
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  dirs.clear();
 });
 
 async function until(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
