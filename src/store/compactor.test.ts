@@ -6,24 +6,18 @@ import { Compactor, type CompactorOptions, compactionSchedule } from "./compacto
 import { DocumentStore, type DocumentStoreOptions } from "./document-store.ts";
 import { FullHistoryCompactionError } from "./errors.ts";
 import { SyncModeRegistry } from "./sync-mode.ts";
-import { captureLogger, TempDirs, waitFor } from "./testdata/helpers.ts";
+import { captureLogger, TestStores, waitFor } from "./testdata/helpers.ts";
 
-const temp = new TempDirs();
-const stores: DocumentStore[] = [];
+const stores = new TestStores();
+const temp = stores.temp;
 const compactors: Compactor[] = [];
 
 afterEach(async () => {
   for (const c of compactors.splice(0)) await c.stop();
-  for (const s of stores.splice(0)) await s.stop();
-  temp.cleanup();
+  await stores.cleanup();
 });
 
-async function openStore(opts: Partial<DocumentStoreOptions> = {}): Promise<DocumentStore> {
-  const store = new DocumentStore({ dataDir: opts.dataDir ?? temp.make(), nodeId: "node-a", log: silentLogger(), sweepIntervalMs: 0, ...opts });
-  stores.push(store);
-  await store.start();
-  return store;
-}
+const openStore = (opts: Partial<DocumentStoreOptions> = {}) => stores.start(opts);
 
 function compactor(store: DocumentStore, opts: Partial<CompactorOptions> = {}): Compactor {
   const c = new Compactor({ store, log: silentLogger(), enabled: true, intervalSecs: 300, thresholdBytes: 1024, ...opts });

@@ -11,23 +11,13 @@ import { renderDoc } from "./json.ts";
 import { compareCodePoints, parseHlc } from "./hlc.ts";
 import { MemoryStorageAdapter } from "./memory-adapter.ts";
 import { SqliteStorageAdapter } from "./sqlite-adapter.ts";
-import { captureLogger, FakeClock, TempDirs, waitFor } from "./testdata/helpers.ts";
+import { captureLogger, FakeClock, TestStores, waitFor } from "./testdata/helpers.ts";
 import type { ChangeEvent, JsonObject } from "./types.ts";
 
-const temp = new TempDirs();
-const stores: DocumentStore[] = [];
-
-afterEach(async () => {
-  for (const s of stores.splice(0)) await s.stop();
-  temp.cleanup();
-});
-
-async function openStore(opts: Partial<DocumentStoreOptions> = {}): Promise<DocumentStore> {
-  const store = new DocumentStore({ dataDir: opts.dataDir ?? temp.make(), nodeId: "node-a", log: silentLogger(), sweepIntervalMs: 0, ...opts });
-  stores.push(store);
-  await store.start();
-  return store;
-}
+const stores = new TestStores();
+const temp = stores.temp;
+afterEach(() => stores.cleanup());
+const openStore = (opts: Partial<DocumentStoreOptions> = {}) => stores.start(opts);
 
 /** The store's adapter, to look at stored chunks and rows directly. */
 function adapterOf(store: DocumentStore): StorageAdapter {

@@ -2,23 +2,13 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { silentLogger } from "../log.ts";
 import { DocumentStore, type DocumentStoreOptions } from "./document-store.ts";
 import { InvalidDocumentError } from "./errors.ts";
-import { captureLogger, FakeClock, TempDirs, waitFor } from "./testdata/helpers.ts";
+import { captureLogger, FakeClock, TestStores, waitFor } from "./testdata/helpers.ts";
 import type { ChangeEvent } from "./types.ts";
 
-const temp = new TempDirs();
-const stores: DocumentStore[] = [];
-
-afterEach(async () => {
-  for (const s of stores.splice(0)) await s.stop();
-  temp.cleanup();
-});
-
-async function openStore(opts: Partial<DocumentStoreOptions> = {}): Promise<DocumentStore> {
-  const store = new DocumentStore({ dataDir: opts.dataDir ?? temp.make(), nodeId: "node-a", log: silentLogger(), sweepIntervalMs: 0, ...opts });
-  stores.push(store);
-  await store.start();
-  return store;
-}
+const stores = new TestStores();
+const temp = stores.temp;
+afterEach(() => stores.cleanup());
+const openStore = (opts: Partial<DocumentStoreOptions> = {}) => stores.start(opts);
 
 describe("document TTL", () => {
   test("_ttl_secs expires the document: hidden at once, removed with a tombstone by the sweep", async () => {

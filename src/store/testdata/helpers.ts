@@ -2,7 +2,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Logger, parseLogFilter } from "../../log.ts";
+import { Logger, parseLogFilter, silentLogger } from "../../log.ts";
+import { DocumentStore, type DocumentStoreOptions } from "../document-store.ts";
 
 export class TempDirs {
   private readonly dirs: string[] = [];
@@ -44,5 +45,26 @@ export class FakeClock {
   readonly now = (): number => this.ms;
   advance(ms: number): void {
     this.ms += ms;
+  }
+}
+
+/**
+ * Opens real stores in temp dirs for a test file and closes and removes them all in `cleanup()`
+ * (call it from afterEach). Defaults: node `node-a`, a silent logger, no background sweep.
+ */
+export class TestStores {
+  readonly temp = new TempDirs();
+  private readonly open: DocumentStore[] = [];
+
+  async start(opts: Partial<DocumentStoreOptions> = {}): Promise<DocumentStore> {
+    const store = new DocumentStore({ dataDir: opts.dataDir ?? this.temp.make(), nodeId: "node-a", log: silentLogger(), sweepIntervalMs: 0, ...opts });
+    this.open.push(store);
+    await store.start();
+    return store;
+  }
+
+  async cleanup(): Promise<void> {
+    for (const s of this.open.splice(0)) await s.stop();
+    this.temp.cleanup();
   }
 }
