@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { runTransportConformance } from "./conformance.ts";
+import { runTransportConformance, waitUntil } from "./conformance.ts";
 import { MemoryNetwork, MemoryTransport } from "./memory.ts";
 
 runTransportConformance("MemoryTransport", async () => {
@@ -38,9 +38,9 @@ describe("MemoryNetwork", () => {
     a.onDisconnected((p, r) => seen.push(`a:${p}:${r}`));
     b.onDisconnected((p, r) => seen.push(`b:${p}:${r}`));
     network.connect("a", "b");
-    await Bun.sleep(0);
+    await waitUntil(() => a.connectedPeers().length === 1 && b.connectedPeers().length === 1, 1000, "the connection");
     network.disconnect("a", "b", "timeout");
-    await Bun.sleep(0);
+    await waitUntil(() => seen.length === 2, 1000, "both disconnects");
     expect(seen.sort()).toEqual(["a:b:timeout", "b:a:timeout"]);
   });
 });

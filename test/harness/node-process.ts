@@ -16,6 +16,22 @@ export const TEST_SECRET_DEVICE_ID = "91cd54000bc001cbdd3aadafbc7b8b6e";
 const running = new Set<NodeProcess>();
 const tempDirs = new Set<string>();
 
+/** Calls `onLine` for each newline-terminated line of a process's output (and a final partial one). */
+export async function forEachLine(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void): Promise<void> {
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for await (const chunk of stream) {
+    buffered += decoder.decode(chunk, { stream: true });
+    let nl = buffered.indexOf("\n");
+    while (nl >= 0) {
+      onLine(buffered.slice(0, nl));
+      buffered = buffered.slice(nl + 1);
+      nl = buffered.indexOf("\n");
+    }
+  }
+  if (buffered) onLine(buffered);
+}
+
 export class DeadlineError extends Error {
   override readonly name = "DeadlineError";
 }
@@ -109,18 +125,7 @@ export class NodeProcess {
   }
 
   private async pump(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
-    const decoder = new TextDecoder();
-    let buffered = "";
-    for await (const chunk of stream) {
-      buffered += decoder.decode(chunk, { stream: true });
-      let nl = buffered.indexOf("\n");
-      while (nl >= 0) {
-        into.push(buffered.slice(0, nl));
-        buffered = buffered.slice(nl + 1);
-        nl = buffered.indexOf("\n");
-      }
-    }
-    if (buffered) into.push(buffered);
+    await forEachLine(stream, (line) => into.push(line));
   }
 
   /** The first stdout line matching `pattern`, waiting up to `timeoutMs` for it. */

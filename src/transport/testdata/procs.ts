@@ -2,6 +2,7 @@
  * Spawns testdata/peer.ts processes and reads their JSON lines. Every process is tracked and
  * killed by PID in `killAll()` (call it in afterAll) even when a test fails half-way.
  */
+import { forEachLine } from "../../../test/harness/node-process.ts";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { PeerConfig } from "./peer.ts";
@@ -52,23 +53,14 @@ export class PeerProcess {
   }
 
   private async read(stream: ReadableStream<Uint8Array>): Promise<void> {
-    const decoder = new TextDecoder();
-    let buffered = "";
-    for await (const chunk of stream) {
-      buffered += decoder.decode(chunk, { stream: true });
-      let nl = buffered.indexOf("\n");
-      while (nl >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        this.raw.push(line);
-        try {
-          this.lines.push(JSON.parse(line) as Line);
-        } catch {
-          // stderr noise (a crash trace) stays in `raw` for the failure message.
-        }
-        nl = buffered.indexOf("\n");
+    await forEachLine(stream, (line) => {
+      this.raw.push(line);
+      try {
+        this.lines.push(JSON.parse(line) as Line);
+      } catch {
+        // stderr noise (a crash trace) stays in `raw` for the failure message.
       }
-    }
+    });
   }
 
   events(ev: string, filter: (l: Line) => boolean = () => true): Line[] {
