@@ -20,6 +20,7 @@ import { MeshEvents } from "./events.ts";
 import { Metrics } from "./metrics.ts";
 import { SyncEngine } from "./sync/engine.ts";
 import { PeerConnector, WebRtcTransport, peerRoutes, signalRoutes } from "./transport/index.ts";
+import { syncRoutes } from "./sync/routes.ts";
 
 export interface MeshOptions {
   config: Config;
@@ -144,6 +145,7 @@ export class PeatMesh {
         metaRoutes({ metrics: this.metrics, version: options.version }),
         signalRoutes(this.transport),
         peerRoutes(this.connector),
+        syncRoutes(this.store),
       ],
     });
 

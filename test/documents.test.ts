@@ -152,6 +152,10 @@ describe("metrics and OpenAPI", () => {
       "/api/v1/documents/{collection}",
       "/api/v1/documents/{collection}/{id}",
       "/api/v1/ws",
+      "/api/v1/peers",
+      "/api/v1/peers/{id}",
+      "/api/v1/topology",
+      "/api/v1/sync/state",
       "/metrics",
     ]) {
       expect(Object.keys(spec.paths)).toContain(path);

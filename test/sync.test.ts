@@ -161,6 +161,15 @@ describe("faults", () => {
     expect((await a.json<{ total: number }>("/api/v1/documents/alerts")).body.total).toBe(10);
     expect(await doc(a, "tracks/t")).toBeUndefined();
     expect(await doc(b, "alerts/d3")).toBeUndefined();
+    // The sync state (every document's heads and every tombstone) is identical on all three.
+    type State = { state_hash: string; collections: { name: string; documents: unknown[]; tombstones: unknown[] }[] };
+    const states = await waitFor(async () => {
+      const all = await Promise.all([a, b, c2].map(async (n) => (await n.json<State>("/api/v1/sync/state")).body));
+      return all.every((st) => st.state_hash === all[0]?.state_hash) ? all : undefined;
+    }, 10_000, "equal sync state on a, b and c");
+    expect(states[0]?.collections.find((col) => col.name === "alerts")).toMatchObject({ documents: expect.any(Array) });
+    expect(states[0]?.collections.find((col) => col.name === "alerts")?.tombstones).toHaveLength(10);
+    expect(states[0]?.collections.find((col) => col.name === "tracks")?.tombstones).toHaveLength(1);
   });
 
   test("a node restarted with an empty data dir gets everything back", async () => {

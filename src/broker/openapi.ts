@@ -106,6 +106,24 @@ export function openApiDocument(version: string): object {
           responses: { "101": { description: "switching protocols" }, ...errors(401) },
         },
       },
+      "/api/v1/peers": {
+        get: { summary: "Every known peer: id, device_id, connected, state, rtt_ms, addresses, discovered_via, bytes", responses: { "200": { description: "peers" }, ...errors(401) } },
+      },
+      "/api/v1/peers/{id}": {
+        get: {
+          summary: "One peer, by node id or device id",
+          parameters: [{ name: "id", in: "path", required: true, schema: { type: "string" } }],
+          responses: { "200": { description: "peer" }, ...errors(401, 404) },
+        },
+      },
+      "/api/v1/topology": { get: { summary: "This node and its connected peers", responses: { "200": { description: "topology" }, ...errors(401) } } },
+      "/api/v1/sync/state": {
+        get: {
+          summary: "What sync compares: each document's heads hash and each tombstone's clock, and one state_hash over them; converged nodes have equal state_hash",
+          parameters: [{ name: "collection", in: "query", schema: { type: "string" }, description: "only this collection" }],
+          responses: { "200": { description: "state" }, ...errors(400, 401) },
+        },
+      },
       "/api/v1/openapi.json": { get: { summary: "This document", responses: { "200": { description: "OpenAPI 3.1" } } } },
       "/metrics": { get: { summary: "Prometheus metrics", responses: { "200": { description: "text exposition" } } } },
     },

@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureK8sBinaries, k8sSkipReason } from "../k8s/apiserver.ts";
 import { netnsSkipReason } from "../k8s/netns.ts";
-import { waitFor } from "../harness/node-process.ts";
+import { forEachLine, waitFor } from "../harness/node-process.ts";
 import { CHART_DIR, PROJECT_ROOT, TEST_SECRET, ensureHelm, helmSkipReason } from "./chart.ts";
 
 const SCRIPTS = join(PROJECT_ROOT, "scripts/cluster");
@@ -158,18 +158,40 @@ if (skip) {
       const before = curlJson<{ device_id: string }>(`${broker(pod)}/api/v1/node`)!.device_id;
       expect(kubectl("logs", pod)).toContain(`device_id=${before}`);
       const uid = kubectl("get", "pod", pod, "-o", "jsonpath={.metadata.uid}");
-      const t = performance.now();
-      kubectl("delete", "pod", pod, "--wait=true");
-      expect(performance.now() - t).toBeLessThan(9_000); // terminationGracePeriodSeconds is 10: SIGTERM was handled
-      await waitFor(() => {
-        const now = kubectl("get", "pod", pod, "-o", "jsonpath={.metadata.uid} {.status.containerStatuses[0].ready}");
-        return !now.startsWith(uid) && now.endsWith(" true");
-      }, 60_000, `${pod} to come back Ready`, 500);
+      // The container's own log stream ends when its process exits: that, not the kubelet's later
+      // bookkeeping (which a loaded 2-core machine can stretch past a minute), is the stop time.
+      const follow = Bun.spawn(["nsenter", `--net=/run/netns/${netns}`, "kubectl", "-n", NS, "logs", "-f", "--tail=1", pod], {
+        stdout: "pipe", stderr: "ignore", env: { ...process.env, KUBECONFIG: join(state, "admin.kubeconfig") },
+      });
+      const lines: string[] = [];
+      const streamed = forEachLine(follow.stdout, (line) => lines.push(line));
+      try {
+        await waitFor(() => lines.length > 0, 30_000, `kubectl logs -f ${pod} attached`, 100);
+        const t = performance.now();
+        kubectl("delete", "pod", pod, "--wait=false");
+        const exited = await Promise.race([follow.exited.then(() => true), Bun.sleep(30_000).then(() => false)]);
+        const stopMs = performance.now() - t;
+        expect({ exited, stoppedWithinGracePeriod: stopMs < 9_000 }).toEqual({ exited: true, stoppedWithinGracePeriod: true }); // grace period is 10 s
+        await streamed;
+        expect(lines.join("\n")).toContain("Received SIGTERM");
+        expect(lines.join("\n")).toContain("peat-mesh-node stopped");
+      } finally {
+        if (follow.exitCode === null) follow.kill("SIGKILL");
+      }
+      try {
+        await waitFor(() => {
+          const now = kubectl("get", "pod", pod, "-o", "jsonpath={.metadata.uid} {.status.containerStatuses[0].ready}", "--ignore-not-found");
+          return now && !now.startsWith(uid) && now.endsWith(" true");
+        }, 150_000, `${pod} to come back Ready`, 500);
+      } catch (err) {
+        console.error(`kubelet log tail:\n${run(["tail", "-n", "40", join(state, "kubelet.log")], { allowFail: true })}`);
+        throw err;
+      }
       const after = curlJson<{ device_id: string }>(`${broker(pod)}/api/v1/node`)!.device_id;
       expect(after).toBe(before);
       expect(kubectl("logs", pod)).toMatch(new RegExp(`Mesh started node_id=${pod} device_id=${before}`));
       await waitPeers(pod, ["alpha-peat-mesh-1", "alpha-peat-mesh-2"]);
-    }, 120_000);
+    }, 300_000);
 
     test("scale 3 -> 5 -> 3: peers join and leave", async () => {
       release("alpha", 5);
