@@ -119,6 +119,11 @@ export class PeatMesh {
       intervalSecs: config.sync.intervalSecs,
       tombstoneTtlSecs: config.store.tombstoneTtlSecs,
     });
+    this.metrics.gauge("peat_timers", "Timers pending in the transport, the peer connector and the sync engine (label component)", () => [
+      { labels: { component: "transport" }, value: this.transport.timers.size },
+      { labels: { component: "connector" }, value: this.connector.timers.size },
+      { labels: { component: "sync" }, value: this.sync.timers.size },
+    ]);
 
     this.broker = new Broker({
       port: config.broker.port,

@@ -2,13 +2,23 @@
  * Reads a whole HTTP body while counting bytes, so a peer or client cannot make the node buffer
  * more than `maxBytes` (a chunked body has no Content-Length to check up front).
  */
+import { BadRequestError } from "./errors.ts";
+
 export async function readCapped(body: ReadableStream<Uint8Array> | null, maxBytes: number, tooLarge: () => Error): Promise<Uint8Array> {
   const reader = body?.getReader();
   if (!reader) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
   let total = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let chunk: Awaited<ReturnType<typeof reader.read>>;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      // The other end went away mid-body (a client that hung up, a peer that was killed): a fault
+      // of the request, not of this node, so it must not surface as a 500 and an ERROR line.
+      throw new BadRequestError(`body could not be read: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    const { done, value } = chunk;
     if (done) break;
     total += value.byteLength;
     if (total > maxBytes) {

@@ -45,10 +45,25 @@ const PUBLIC_PATHS = new Set(["/api/v1/health", "/api/v1/ready"]);
 const SELF_AUTHENTICATED_PREFIXES = ["/api/v1/signal"];
 
 const encoder = new TextEncoder();
+/** How far above the configured body limit Bun's own (bodiless) 413 starts. */
+const NATIVE_BODY_BACKSTOP_BYTES = 64 * 1024 * 1024;
 
 function tokenMatches(header: string | null, token: string): boolean {
   if (!header?.startsWith("Bearer ")) return false;
   return constantTimeEqual(encoder.encode(header.slice(7)), encoder.encode(token));
+}
+
+/**
+ * The path of a request URL, or undefined when it does not parse. `new URL` throws on URLs Bun
+ * builds from a hostile Host header or an authority-form target (`Host: [bad`,
+ * `CONNECT 127.0.0.1:1`); a throw inside the error handler became Bun's HTML 500 page.
+ */
+export function pathOf(url: string): string | undefined {
+  try {
+    return new URL(url).pathname;
+  } catch {
+    return undefined;
+  }
 }
 
 function compilePattern(path: string): RegExp {
@@ -68,7 +83,8 @@ export function createBrokerApp(options: BrokerOptions): Elysia {
         throw new PayloadTooLargeError(`request body exceeds ${options.maxBodyBytes} bytes`);
       }
       if (!options.token) return;
-      const path = new URL(request.url).pathname;
+      // An unparsable URL is never a public path: it needs the token like any other request.
+      const path = pathOf(request.url) ?? "";
       if (PUBLIC_PATHS.has(path) || SELF_AUTHENTICATED_PREFIXES.some((p) => path.startsWith(p))) return;
       if (!tokenMatches(request.headers.get("authorization"), options.token)) {
         throw new UnauthorizedError("missing or invalid bearer token");
@@ -76,10 +92,15 @@ export function createBrokerApp(options: BrokerOptions): Elysia {
     })
     .onError(({ code, error, request }) => {
       if (code === "NOT_FOUND") {
-        const path = new URL(request.url).pathname;
+        const path = pathOf(request.url);
+        if (path === undefined) return errorResponse(400, "malformed request URL");
         const allowed = app.routes
           .filter((r) => r.method !== request.method && compilePattern(r.path).test(path))
-          .map((r) => r.method);
+          // A WebSocket route is a GET with an upgrade; "WS" is Elysia's name for it, not a method.
+          .map((r) => (r.method === "WS" ? "GET" : r.method));
+        if (allowed.includes("GET") && request.method === "GET") {
+          return errorResponse(426, `${path} is a WebSocket endpoint: upgrade required`, { upgrade: "websocket" });
+        }
         if (allowed.length > 0) {
           const err = new MethodNotAllowedError(`method ${request.method} not allowed on ${path}`);
           return errorResponse(err.status, err.message, { allow: [...new Set(allowed)].join(", ") });
@@ -125,8 +146,10 @@ export class Broker implements Component {
     this.app.listen({
       port: this.options.port,
       hostname: this.options.bindAddress,
-      // One byte over the limit so an oversize chunked body (no Content-Length) still gets our JSON 413.
-      maxRequestBodySize: this.options.maxBodyBytes + 1,
+      // Only a backstop, well above the limit: the onRequest hook answers a Content-Length over the
+      // limit and readCapped a longer chunked body, both with our JSON 413. At the limit itself,
+      // Bun refused oversize Content-Lengths before any hook ran, with a bodiless 413.
+      maxRequestBodySize: this.options.maxBodyBytes + NATIVE_BODY_BACKSTOP_BYTES,
     });
     this.options.log.info("Broker listening", { addr: `${this.options.bindAddress}:${this.port}` });
   }

@@ -8,6 +8,7 @@ import type { MeshEvent, MeshEvents } from "../events.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { NAME_PATTERN } from "./documents.ts";
+import { PeatError } from "../errors.ts";
 import type { RouteGroup } from "./server.ts";
 
 export const SLOW_CLIENT_CLOSE_CODE = 1008;
@@ -49,6 +50,30 @@ function parseSubscribe(message: unknown): Set<string> | null | "invalid" {
   return list.length === 0 ? null : new Set(list as string[]);
 }
 
+/**
+ * What is wrong with a WebSocket upgrade request, checked before Bun attempts the upgrade: a
+ * failed `server.upgrade` made Elysia answer with a text/plain 400, not the broker's JSON error.
+ */
+export function upgradeProblem(headers: Headers): { status: number; message: string } | undefined {
+  const tokens = (name: string) => (headers.get(name) ?? "").toLowerCase().split(",").map((t) => t.trim());
+  if (!tokens("upgrade").includes("websocket")) return { status: 426, message: "WebSocket upgrade required" };
+  if (!tokens("connection").includes("upgrade")) return { status: 400, message: "Connection header must include Upgrade" };
+  if (headers.get("sec-websocket-version") !== "13") return { status: 426, message: "unsupported WebSocket version; 13 is supported" };
+  if (!/^[A-Za-z0-9+/]{22}==$/.test(headers.get("sec-websocket-key") ?? "")) return { status: 400, message: "invalid Sec-WebSocket-Key" };
+  return undefined;
+}
+
+/** A refused upgrade, answered with the broker's JSON error. */
+class UpgradeError extends PeatError {
+  override readonly name = "UpgradeError";
+  constructor(
+    override readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 export function wsRoutes(options: WsRoutesOptions): RouteGroup {
   const maxBuffered = options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
   const sessions = new WeakMap<object, Session>();
@@ -58,6 +83,10 @@ export function wsRoutes(options: WsRoutesOptions): RouteGroup {
 
   return (app: Elysia) =>
     app.ws("/api/v1/ws", {
+      upgrade({ request }) {
+        const problem = upgradeProblem(request.headers);
+        if (problem) throw new UpgradeError(problem.status, problem.message);
+      },
       open(ws) {
         const raw = ws.raw as unknown as RawSocket;
         clients++;

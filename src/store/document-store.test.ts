@@ -163,8 +163,14 @@ describe("DocumentStore CRUD", () => {
     expect(compareCodePoints(t!.hlc, versionBefore.hlc)).toBeGreaterThan(0);
     expect(store.put("c", "a", { v: 2 })).toEqual({ created: true, document: { v: 2 } });
     expect(store.get("c", "a")).toEqual({ v: 2 });
-    expect(store.tombstones("c")).toEqual([]);
+    // FullHistory: the delete's tombstone stays beside the re-created document (it tells peers that
+    // hold the old history to replace it, not merge it); a LatestOnly one is cleared.
+    expect(store.tombstones("c")).toEqual([t!]);
     expect(compareCodePoints(store.getVersion("c", "a")!.hlc, t!.hlc)).toBeGreaterThan(0);
+    store.put("tracks", "p", { v: 1 });
+    store.delete("tracks", "p");
+    store.put("tracks", "p", { v: 2 });
+    expect(store.tombstones("tracks")).toEqual([]);
   });
 
   test("list orders by id in byte order and pages with after; count and collections come from SQL", async () => {
@@ -237,8 +243,14 @@ describe("DocumentStore CRUD", () => {
     const fresh = adapterOf(store).totals();
     expect({ documents: stats.documents, tombstones: stats.tombstones, bytes: stats.bytes }).toEqual(fresh);
     expect(fresh.documents).toBe(1);
-    expect(fresh.tombstones).toBe(1);
+    // a's, and b's first delete's, which stays beside the re-created b until b is deleted again.
+    expect(fresh.tombstones).toBe(2);
     expect(fresh.bytes).toBeGreaterThan(0);
+    // Deleting the re-created b replaces the tombstone beside it: still one per id, totals exact.
+    store.delete("c", "b");
+    const after = store.stats();
+    expect({ documents: after.documents, tombstones: after.tombstones, bytes: after.bytes }).toEqual(adapterOf(store).totals());
+    expect(after.tombstones).toBe(2);
   });
 });
 

@@ -124,6 +124,21 @@ const cacheKey = (collection: string, id: string): string => `${collection}\u000
 const isLive = (row: DocRow, now: number): boolean => row.expiresAt === null || row.expiresAt > now;
 const tombstoneVersion = (t: Tombstone): DocVersion => ({ hlc: t.hlc, writer: t.deletedBy });
 
+/** A remote document version, with the epoch of its history if it was re-created after a delete. */
+export interface RemoteVersion extends DocVersion {
+  /**
+   * The HLC of the delete (its tombstone) after which the sender's history of this document was
+   * started afresh. Set when the sender holds that tombstone beside the document.
+   */
+  epoch?: string;
+}
+
+/** The tombstone an epoch stands for: the stamp names the deleting node and the time of the delete. */
+function epochTombstone(collection: string, id: string, epoch: string): Tombstone {
+  const { wallMs, nodeId } = parseHlc(epoch);
+  return { collection, id, deletedAt: wallMs, deletedBy: nodeId, hlc: epoch };
+}
+
 function sameHeads(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   const set = new Set(a);
@@ -371,7 +386,10 @@ export class DocumentStore implements Component {
 
     if (!prev) {
       // A local write after a delete is newer than the tombstone (the clock has seen its stamp), so
-      // it re-creates the document with a fresh history and clears the tombstone.
+      // it re-creates the document with a fresh history. A LatestOnly tombstone is cleared. A
+      // FullHistory one stays beside the new document until it expires: peers learn from it that the
+      // new history replaces any copy older than the delete instead of merging with it (see
+      // applyRemoteWith's `epoch`).
       const tombstone = this.adapter.getTombstone(collection, id);
       const hlc = this.clock.now();
       // Written pending: the JSON is committed now; the Automerge form (one change by `actor`) is
@@ -388,7 +406,7 @@ export class DocumentStore implements Component {
         snapshotBytes: 0,
         incrementBytes: 0,
       };
-      this.commitDoc(undefined, row, { kind: "none" }, undefined, tombstone !== undefined, "local");
+      this.commitDoc(undefined, row, { kind: "none" }, undefined, tombstone !== undefined && this.syncModes.isLatestOnly(collection), "local");
       this.pendingCount++;
       if (this.pendingCount > MAX_PENDING) this.encodeInline();
       this.scheduleEncoder();
@@ -489,13 +507,15 @@ export class DocumentStore implements Component {
   }
 
   private removeDoc(row: DocRow, tombstone: Tombstone, origin: ChangeOrigin): void {
+    // A re-created FullHistory document may have its earlier delete's tombstone beside it: replaced.
+    const hadTombstone = this.adapter.getTombstone(row.collection, row.id) !== undefined;
     this.adapter.transaction(() => {
       this.adapter.deleteDoc(row.collection, row.id);
       this.adapter.putTombstone(tombstone);
     });
     this.forget(row.collection, row.id);
     this.writes++;
-    this.adjustTotals(-1, 1, -(row.snapshotBytes + row.incrementBytes));
+    this.adjustTotals(-1, hadTombstone ? 0 : 1, -(row.snapshotBytes + row.incrementBytes));
     this.emit(row.collection, row.id, "delete", origin);
   }
 
@@ -663,10 +683,12 @@ export class DocumentStore implements Component {
       const keys = this.adapter.expiredDocs(now, SWEEP_BATCH);
       if (keys.length === 0) break;
       const removed: DocRow[] = [];
+      let replacedTombstones = 0;
       this.adapter.transaction(() => {
         for (const k of keys) {
           const row = this.adapter.getDoc(k.collection, k.id);
           if (!row) continue;
+          if (this.adapter.getTombstone(k.collection, k.id)) replacedTombstones++;
           this.adapter.deleteDoc(k.collection, k.id);
           this.adapter.putTombstone({ collection: k.collection, id: k.id, deletedAt: now, deletedBy: this.nodeId, hlc: this.clock.now() });
           removed.push(row);
@@ -678,6 +700,7 @@ export class DocumentStore implements Component {
         this.adjustTotals(-1, 1, -(row.snapshotBytes + row.incrementBytes));
         this.emit(row.collection, row.id, "delete", "local");
       }
+      this.adjustTotals(0, -replacedTombstones, 0);
       expired += removed.length;
       if (keys.length < SWEEP_BATCH) break;
     }
@@ -856,14 +879,33 @@ export class DocumentStore implements Component {
    * and returns it after applying remote data (applyChanges, merge, receiveSyncMessage, ...).
    * The store persists whatever `mutate` added and records version max(stored, `version`).
    */
-  applyRemoteWith(collection: string, id: string, version: DocVersion, mutate: (doc: Doc) => Doc): ApplyOutcome {
+  applyRemoteWith(collection: string, id: string, version: RemoteVersion, mutate: (doc: Doc) => Doc): ApplyOutcome {
     this.requireOpen();
     checkKey("collection", collection);
     checkKey("id", id);
     checkVersion(version);
-    this.clock.receive(version.hlc);
-    const tombstone = this.adapter.getTombstone(collection, id);
+    this.clock.receiveRemote(version.hlc);
+    let tombstone = this.adapter.getTombstone(collection, id);
     if (tombstone && compareVersions(version, tombstoneVersion(tombstone)) <= 0) return "superseded";
+    const epoch = version.epoch === undefined ? undefined : epochTombstone(collection, id, version.epoch);
+    if (epoch && compareVersions(tombstoneVersion(epoch), version) >= 0) {
+      throw new InvalidRemoteDataError(`epoch ${epoch.hlc} of ${collection}/${id} is not older than its version ${version.hlc}`);
+    }
+    if (epoch && tombstone?.hlc !== epoch.hlc) {
+      // The sender's history was started afresh after a delete (the epoch). A copy of ours older
+      // than that delete is the deleted history: it is deleted now, so that the new history replaces
+      // it instead of merging with it (which would resurrect deleted content). Without a copy, the
+      // epoch becomes the tombstone beside the document we are about to receive, as on the sender.
+      const copy = this.adapter.getDoc(collection, id);
+      if (!copy) {
+        this.adapter.putTombstone(epoch);
+        if (!tombstone) this.adjustTotals(0, 1, 0);
+        tombstone = epoch;
+      } else if (compareVersions(copy, tombstoneVersion(epoch)) < 0) {
+        this.removeDoc(copy, epoch, "remote");
+        tombstone = epoch;
+      }
+    }
 
     const existing = this.adapter.getDoc(collection, id);
     const prev = existing ? this.materialize(existing) : undefined;
@@ -907,7 +949,11 @@ export class DocumentStore implements Component {
       snapshotBytes: stored.snapshotBytes,
       incrementBytes: stored.incrementBytes,
     };
-    this.commitDoc(prev, row, stored.chunk, after, tombstone !== undefined, "remote");
+    // A tombstone stays beside the document when the sender's history was started after it (the
+    // epoch), or beside a copy we already hold (it is that copy's epoch); otherwise this newer
+    // write re-creates the document and the tombstone goes.
+    const clearTombstone = tombstone !== undefined && !prev && tombstone.hlc !== version.epoch;
+    this.commitDoc(prev, row, stored.chunk, after, clearTombstone, "remote");
     return "applied";
   }
 
@@ -936,7 +982,7 @@ export class DocumentStore implements Component {
       }
     }
 
-    this.clock.receive(hlc);
+    this.clock.receiveRemote(hlc);
     const tombstone = this.adapter.getTombstone(collection, id);
     if (tombstone && compareVersions(version, tombstoneVersion(tombstone)) <= 0) return "superseded";
     const prev = this.adapter.getDoc(collection, id);
@@ -982,12 +1028,13 @@ export class DocumentStore implements Component {
     if (typeof t.deletedAt !== "number" || !Number.isFinite(t.deletedAt)) {
       throw new InvalidRemoteDataError("tombstone deletedAt must be a finite number of milliseconds");
     }
-    this.clock.receive(t.hlc);
+    this.clock.receiveRemote(t.hlc);
     const tombstone: Tombstone = { collection: t.collection, id: t.id, deletedAt: t.deletedAt, deletedBy: t.deletedBy, hlc: t.hlc };
     const existing = this.adapter.getTombstone(t.collection, t.id);
     if (existing) {
       const order = compareVersions(tombstoneVersion(tombstone), tombstoneVersion(existing));
-      if (order === 0) return "unchanged";
+      // Our tombstone, beside a document re-created after it: the sender lacks that document.
+      if (order === 0) return this.adapter.getDoc(t.collection, t.id) ? "superseded" : "unchanged";
       if (order < 0) return "superseded";
     }
     const row = this.adapter.getDoc(t.collection, t.id);

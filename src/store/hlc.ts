@@ -15,6 +15,8 @@ const WALL_DIGITS = 15;
 const COUNTER_DIGITS = 6;
 const MAX_COUNTER = 10 ** COUNTER_DIGITS - 1;
 const HLC_PATTERN = /^(\d{15})\.(\d{6})@(.+)$/s;
+/** How far ahead of this node's clock a peer's stamp may be (see `receiveRemote`). */
+export const MAX_REMOTE_AHEAD_MS = 10 * 60_000;
 
 export interface HlcParts {
   wallMs: number;
@@ -96,6 +98,22 @@ export class HybridLogicalClock {
       this.wallMs = r.wallMs;
       this.counter = r.counter;
     }
+  }
+
+  /**
+   * `receive` for a stamp from a peer: refused (InvalidHlcError) when it is more than
+   * `MAX_REMOTE_AHEAD_MS` ahead of this node's physical clock. Honest stamps come from some node's
+   * physical clock, and members' clocks agree to within a minute (signalling refuses larger skew);
+   * without the bound, one stamp from the far future (a hostile or broken peer) would move every
+   * later local write there for good, and a stamp at the end of the range would overflow it.
+   */
+  receiveRemote(stamp: string): void {
+    const r = parseHlc(stamp);
+    const limit = Math.floor(this.physicalNow()) + MAX_REMOTE_AHEAD_MS;
+    if (r.wallMs > limit) {
+      throw new InvalidHlcError(`HLC stamp ${JSON.stringify(stamp.slice(0, 40))} is more than ${MAX_REMOTE_AHEAD_MS / 60_000} minutes ahead of this node's clock`);
+    }
+    this.receive(stamp);
   }
 
   /** The latest stamp issued or received (without advancing). */

@@ -14,7 +14,7 @@
  * deletion markers. Text columns use SQLite's BINARY collation, i.e. UTF-8 byte order.
  */
 import { Database, SQLiteError, type Statement } from "bun:sqlite";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { InsufficientStorageError, PeatError, StorageError } from "../errors.ts";
 import type { ChunkWrite, DocKey, DocRow, DocSize, ListedDoc, StorageAdapter, StorageTotals } from "./adapter.ts";
@@ -177,10 +177,14 @@ export class SqliteStorageAdapter implements StorageAdapter {
       if (version > SCHEMA_VERSION) {
         throw new StorageError(`${this.path} has schema version ${version}; this build understands up to ${SCHEMA_VERSION}`);
       }
-      db.transaction(() => {
-        db!.run(SCHEMA);
-        db!.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
-      })();
+      // Only a new or older database is written to here: a node whose disk is full (or read-only)
+      // must still start and serve reads, and even a no-op write transaction needs WAL space.
+      if (version < SCHEMA_VERSION) {
+        db.transaction(() => {
+          db!.run(SCHEMA);
+          db!.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+        })();
+      }
       this.s = this.prepare(db);
       this.db = db;
     } catch (e) {
@@ -293,7 +297,29 @@ export class SqliteStorageAdapter implements StorageAdapter {
           // SQLite rolls back on its own after some errors (e.g. SQLITE_FULL); nothing left to undo.
         }
       }
-      throw mapSqliteError(e, "writing to the document store");
+      throw this.explainWriteError(mapSqliteError(e, "writing to the document store"));
+    }
+  }
+
+  /**
+   * SQLite reports a write refused by a read-only filesystem (EROFS, e.g. a volume the kernel
+   * remounted read-only after an I/O error) or a read-only data directory (EPERM, EACCES) only as
+   * SQLITE_IOERR_WRITE; say what it is.
+   */
+  private explainWriteError(error: Error): Error {
+    if (!(error instanceof StorageError) || error instanceof InsufficientStorageError || !/SQLITE_IOERR/.test(error.message)) return error;
+    // access(W_OK) is no test: an ext4 in emergency read-only still reports itself writable.
+    const probe = `${this.path}-write-probe`;
+    try {
+      writeFileSync(probe, "");
+      rmSync(probe, { force: true });
+      return error;
+    } catch (e) {
+      const errno = (e as NodeJS.ErrnoException).code;
+      const code = /SQLITE_IOERR\w*/.exec(error.message)?.[0];
+      if (errno === "EROFS") return new StorageError(`writing to the document store failed: the data directory's filesystem is read-only (EROFS, ${code})`);
+      if (errno === "EPERM" || errno === "EACCES") return new StorageError(`writing to the document store failed: the data directory is read-only (${errno}, ${code})`);
+      return error;
     }
   }
 

@@ -3,7 +3,7 @@ import { Automerge } from "../automerge.ts";
 import { silentLogger } from "../log.ts";
 import { DocumentStore, type DocumentStoreOptions } from "./document-store.ts";
 import { InvalidHlcError, InvalidRemoteDataError } from "./errors.ts";
-import { compareCodePoints, formatHlc } from "./hlc.ts";
+import { MAX_REMOTE_AHEAD_MS, compareCodePoints, formatHlc } from "./hlc.ts";
 import { FakeClock, TempDirs } from "./testdata/helpers.ts";
 import type { ChangeEvent } from "./types.ts";
 
@@ -162,6 +162,31 @@ describe("tombstones from peers", () => {
     expect(b.tombstones("alerts")).toEqual([]);
   });
 
+  test("a document re-created after a delete carries the delete as its epoch: an older copy elsewhere is replaced, not merged", async () => {
+    const a = await openStore("node-a");
+    const b = await openStore("node-b");
+    a.put("alerts", "x", { v: 1, old: "field" });
+    pushChanges(a, b, "alerts", "x");
+    a.delete("alerts", "x");
+    a.put("alerts", "x", { v: 2 });
+    const [epoch] = a.tombstones("alerts");
+    expect(a.get("alerts", "x")).toEqual({ v: 2 });
+    const doc = a.getDoc("alerts", "x")!;
+    const version = a.getVersion("alerts", "x")!;
+    const apply = (e?: string) =>
+      b.applyRemoteWith("alerts", "x", { hlc: version.hlc, writer: version.writer, ...(e ? { epoch: e } : {}) }, (d) =>
+        Automerge.applyChanges(d, Automerge.getAllChanges(doc))[0],
+      );
+    // An epoch not older than the version it comes with is nonsense from the peer.
+    expect(() => apply(version.hlc)).toThrow(InvalidRemoteDataError);
+    const events = recorder(b);
+    expect(apply(epoch!.hlc)).toBe("applied");
+    expect(b.get("alerts", "x")).toEqual({ v: 2 });
+    expect(b.tombstones("alerts")).toEqual([{ ...epoch!, deletedAt: b.tombstones("alerts")[0]!.deletedAt }]);
+    expect(b.digest("alerts")).toEqual(a.digest("alerts"));
+    expect(events.map((e) => e.action)).toEqual(["delete", "upsert"]);
+  });
+
   test("a tombstone older than the stored copy loses; an older tombstone never replaces a newer one", async () => {
     const clock = new FakeClock();
     const b = await openStore("node-b", { now: clock.now });
@@ -290,6 +315,22 @@ describe("clock and metadata", () => {
     expect(() => b.receiveHlc("not-an-hlc")).toThrow(InvalidHlcError);
   });
 
+  test("a peer's stamp more than MAX_REMOTE_AHEAD_MS ahead is refused and leaves the clock alone", async () => {
+    const clock = new FakeClock();
+    const b = await openStore("node-b", { now: clock.now });
+    const src = await openStore("node-a", { now: clock.now });
+    src.put("beacons", "n1", { v: 1 });
+    const before = b.currentHlc();
+    const far = formatHlc({ wallMs: clock.ms + MAX_REMOTE_AHEAD_MS + 1, counter: 0, nodeId: "node-a" });
+    expect(() => b.applyRemoteSnapshot("beacons", "n1", src.getDocBytes("beacons", "n1")!, far, "node-a")).toThrow(InvalidHlcError);
+    expect(() => b.applyRemoteTombstone({ collection: "beacons", id: "n2", deletedAt: clock.ms, deletedBy: "node-a", hlc: far })).toThrow(InvalidHlcError);
+    expect(b.currentHlc()).toBe(before);
+    expect(b.count("beacons")).toBe(0);
+    expect(b.tombstones()).toEqual([]);
+    const near = formatHlc({ wallMs: clock.ms + MAX_REMOTE_AHEAD_MS, counter: 0, nodeId: "node-a" });
+    expect(b.applyRemoteSnapshot("beacons", "n1", src.getDocBytes("beacons", "n1")!, near, "node-a")).toBe("applied");
+  });
+
   test("remote applications also advance the clock", async () => {
     const clock = new FakeClock();
     const b = await openStore("node-b", { now: clock.now });
@@ -319,7 +360,8 @@ describe("clock and metadata", () => {
 
   test("remote documents get TTLs from their own _ttl_secs, counted from receipt", async () => {
     const clock = new FakeClock();
-    const a = await openStore("node-a");
+    // One clock for both: a peer's stamps may not run more than MAX_REMOTE_AHEAD_MS ahead.
+    const a = await openStore("node-a", { now: clock.now });
     const b = await openStore("node-b", { now: clock.now });
     a.put("alerts", "x", { _ttl_secs: 5 });
     pushChanges(a, b, "alerts", "x");

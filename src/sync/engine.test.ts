@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { silentLogger } from "../log.ts";
 import { Metrics } from "../metrics.ts";
-import { DocumentStore, SyncModeRegistry } from "../store/index.ts";
+import { DocumentStore, SyncModeRegistry, type Tombstone } from "../store/index.ts";
 import { MemoryNetwork, MemoryTransport } from "../transport/memory.ts";
 import { SyncEngine } from "./engine.ts";
 import { encodeMessage } from "./protocol.ts";
@@ -92,6 +92,77 @@ describe("push", () => {
     expect(b.store.getTombstone("alerts", "x")?.deletedBy).toBe("a");
   });
 
+  test("a FullHistory document deleted and re-created under the same id reaches the peer, by either side", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    // Stale per-peer sync state once made the two ping-pong Automerge messages forever (which, over
+    // this in-process transport, starves the event loop): cap the messages so that fails instead.
+    let sent = 0;
+    for (const n of [a, b]) {
+      const send = n.transport.send.bind(n.transport);
+      n.transport.send = (peer, bytes) => ++sent < 2000 && send(peer, bytes);
+    }
+    net.connect("a", "b");
+    for (const [writer, reader, round] of [[a, b, 1], [b, a, 2], [a, b, 3]] as const) {
+      writer.store.put("notes", "x", { round, v: 1 });
+      await until(() => reader.store.get("notes", "x")?.round === round, `round ${round}: the put`);
+      writer.store.patch("notes", "x", { v: 2 });
+      await until(() => reader.store.get("notes", "x")?.v === 2, `round ${round}: the patch`);
+      writer.store.delete("notes", "x");
+      await until(() => reader.store.get("notes", "x") === undefined, `round ${round}: the delete`);
+    }
+    a.store.put("notes", "x", { round: 4 });
+    await until(() => b.store.get("notes", "x")?.round === 4, "the re-created document on b");
+    expect(b.store.get("notes", "x")).toEqual({ round: 4 });
+    // The delete's tombstone stays beside the re-created document, on both sides alike.
+    expect(b.store.getTombstone("notes", "x")).toEqual(a.store.getTombstone("notes", "x") as Tombstone);
+  });
+
+  test("a peer that saw the delete but not the re-creation gets the re-created document when it reconnects", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    b.store.put("notes", "x", { v: 1 });
+    await until(() => a.store.get("notes", "x")?.v === 1, "the first version on a");
+    b.store.delete("notes", "x");
+    await until(() => a.store.getTombstone("notes", "x") !== undefined, "the delete on a");
+    net.disconnect("a", "b");
+    b.store.put("notes", "x", { v: 2 });
+    // Both hold the same tombstone; only b holds the document beside it. a, the smaller id, drives
+    // the reconciliation, so it is a's tombstone that meets b's document first.
+    net.connect("a", "b");
+    await until(() => a.store.get("notes", "x")?.v === 2, "the re-created document on a");
+    expect(a.store.getTombstone("notes", "x")).toEqual(b.store.getTombstone("notes", "x") as Tombstone);
+  });
+
+  test("a FullHistory document re-created while a peer was away replaces the peer's old copy instead of merging with it", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    const c = await node(net, "c");
+    net.connect("a", "b");
+    a.store.put("notes", "x", { v: 1, old: "field" });
+    await until(() => b.store.get("notes", "x")?.v === 1, "the first version on b");
+    net.disconnect("a", "b");
+    a.store.delete("notes", "x");
+    a.store.put("notes", "x", { v: 2 });
+    // Either side may send first: b reconnects to a, and c (which never saw x) relays a's copy to b.
+    net.connect("a", "c");
+    await until(() => c.store.get("notes", "x")?.v === 2, "the re-created document on c");
+    net.disconnect("a", "c");
+    net.connect("b", "c");
+    await until(() => b.store.get("notes", "x")?.v === 2, "the re-created document on b");
+    net.connect("a", "b");
+    await until(() => a.engine["index"].root().fp === b.engine["index"].root().fp, "a and b to agree");
+    for (const n of [a, b, c]) {
+      expect(n.store.get("notes", "x")).toEqual({ v: 2 });
+      expect(n.store.getTombstone("notes", "x")?.hlc).toBe(a.store.getTombstone("notes", "x")?.hlc as string);
+      expect(n.store.getVersion("notes", "x")?.headsHash).toBe(a.store.getVersion("notes", "x")?.headsHash as string);
+    }
+  });
+
   test("LatestOnly documents replace whole, last writer wins, in both directions", async () => {
     const net = network();
     const a = await node(net, "a");
@@ -168,6 +239,31 @@ describe("reconcile", () => {
     await until(() => b.store.get("alerts", "x") === undefined && b.store.get("tracks", "y") === undefined, "deletes on b");
     expect(a.store.get("alerts", "x")).toBeUndefined();
     expect(a.store.get("tracks", "y")).toBeUndefined();
+  });
+
+  test("pushes lost with a silently dead connection are not taken as delivered: an update newer than the peer's delete wins", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    const b = await node(net, "b");
+    net.connect("a", "b");
+    a.store.put("notes", "n", { v: 0 });
+    // More than one range's worth of items, so that b (not a) ends the narrowing and sends its tombstone.
+    for (let i = 0; i < 200; i++) a.store.put("notes", `filler-${i}`, { i });
+    await until(() => b.store.count("notes") === 201, "201 notes on b");
+    // The link dies without either side noticing yet: sends are accepted and lost, as over WebRTC.
+    for (const n of [a, b]) n.transport.send = (peer) => n.transport.connectedPeers().includes(peer);
+    b.store.delete("notes", "n");
+    await until(() => b.store.getTombstone("notes", "n") !== undefined, "the delete on b");
+    const stamp = b.store.getTombstone("notes", "n")?.hlc as string;
+    await until(() => Date.now() > Number(stamp.slice(0, 15)) + 1, "the clock to move on");
+    a.store.put("notes", "n", { v: 2 });
+    await Bun.sleep(0);
+    net.disconnect("a", "b");
+    for (const n of [a, b]) n.transport.send = MemoryTransport.prototype.send.bind(n.transport);
+    net.connect("a", "b");
+    await until(() => b.store.get("notes", "n")?.v === 2, "a's newer update on b", 4000);
+    expect(b.store.getTombstone("notes", "n")).toBeUndefined();
+    expect(b.store.getVersion("notes", "n")?.headsHash).toBe(a.store.getVersion("notes", "n")?.headsHash as string);
   });
 
   test("two nodes with 2,000 identical documents exchange only root messages when they connect", async () => {

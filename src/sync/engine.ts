@@ -14,6 +14,7 @@ import { Automerge } from "../automerge.ts";
 import type { Component } from "../lifecycle.ts";
 import type { Logger } from "../log.ts";
 import type { Counter, Metrics } from "../metrics.ts";
+import { TrackedTimers } from "../timers.ts";
 import {
   type ApplyOutcome,
   type DocumentStore,
@@ -40,6 +41,16 @@ const BATCH_BYTES = 512 * 1024;
 const INDEX_REBUILD_MS = 10 * 60_000;
 /** Sync states of peers that went away are kept (for a quick resume) for this many peers. */
 const MAX_REMEMBERED_PEERS = 64;
+/**
+ * Incoming messages are handled for at most this long per turn of the event loop; the rest wait in
+ * their peer's inbox and are handled in later turns, peers taking turns. So a peer that sends
+ * faster than this node can handle (a flood) cannot hold the event loop: other peers' pings and
+ * messages, and the broker, keep being served, instead of every other peer seeing this node fall
+ * silent and dropping it.
+ */
+const HANDLE_SLICE_MS = 20;
+/** A peer whose unhandled messages exceed this is dropped: it sends faster than we can handle. */
+const MAX_INBOX_BYTES = 128 * 1024 * 1024;
 
 export interface SyncEngineOptions {
   store: DocumentStore;
@@ -53,6 +64,10 @@ export interface SyncEngineOptions {
 }
 
 const keyOf = (c: string, id: string) => `${c}\0${id}`;
+
+/** The version a FullHistory entry carries, with the epoch of its history if it was re-created. */
+const remoteVersion = (entry: { hlc: string; w: string; e?: string }) =>
+  entry.e === undefined ? { hlc: entry.hlc, writer: entry.w } : { hlc: entry.hlc, writer: entry.w, epoch: entry.e };
 
 function getOrCreate<V>(map: Map<string, Map<string, V>>, key: string): Map<string, V> {
   let inner = map.get(key);
@@ -111,9 +126,17 @@ export class SyncEngine implements Component {
   private readonly unsubscribe: (() => void)[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
   private rebuildTimer: ReturnType<typeof setInterval> | undefined;
+  /** `peat_timers{component="sync"}`. */
+  readonly timers = new TrackedTimers();
   private flushScheduled = false;
   /** The peer whose data the store is applying right now: its echo is not sent back to it. */
   private applyingFrom: string | undefined;
+  /** Messages received but not handled yet, per peer (see HANDLE_SLICE_MS). */
+  private readonly inboxes = new Map<string, { queue: (Uint8Array | undefined)[]; head: number; bytes: number }>();
+  private drainScheduled = false;
+  /** Time spent handling messages since the event loop last came round (reset by setImmediate). */
+  private handledMs = 0;
+  private handledResetScheduled = false;
   private readonly log: Logger;
   private readonly counters: {
     messagesIn: Counter;
@@ -147,16 +170,17 @@ export class SyncEngine implements Component {
       transport.onConnected((peer) => this.peerConnected(peer.peerId)),
       transport.onDisconnected((peerId) => this.peerDisconnected(peerId)),
       transport.onMessage((peerId, bytes) => this.received(peerId, bytes)),
-      store.onChange((e) => this.changed(e.collection, e.id)),
+      store.onChange((e) => this.changed(e.collection, e.id, e.action)),
     );
     for (const peerId of transport.connectedPeers()) this.peerConnected(peerId);
-    this.timer = setInterval(() => this.reconcileAll(), this.options.intervalSecs * 1000);
-    this.rebuildTimer = setInterval(() => this.index.invalidate(), INDEX_REBUILD_MS);
+    this.timer = this.timers.interval(() => this.reconcileAll(), this.options.intervalSecs * 1000);
+    this.rebuildTimer = this.timers.interval(() => this.index.invalidate(), INDEX_REBUILD_MS);
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.timer);
-    clearInterval(this.rebuildTimer);
+    this.timers.clear(this.timer);
+    this.timers.clear(this.rebuildTimer);
+    this.inboxes.clear();
     for (const off of this.unsubscribe.splice(0)) off();
     this.sessions.clear();
   }
@@ -181,6 +205,8 @@ export class SyncEngine implements Component {
 
   private peerDisconnected(peerId: string): void {
     this.sessions.delete(peerId);
+    // What a dropped connection delivered but we had not handled goes with it, as on the wire.
+    this.inboxes.delete(peerId);
     // Keep what we know of the peer for a quick resume; forget the longest-gone peers beyond the bound.
     touchRecent(this.states, peerId, MAX_REMEMBERED_PEERS);
     touchRecent(this.shared, peerId, MAX_REMEMBERED_PEERS);
@@ -215,9 +241,16 @@ export class SyncEngine implements Component {
 
   // ------------------------------------------------------------------ push
 
-  private changed(collection: string, id: string): void {
+  private changed(collection: string, id: string, action: "upsert" | "delete" = "upsert"): void {
     this.index.update(collection, id);
     const key = keyOf(collection, id);
+    if (action === "delete") {
+      // The document's history is gone with it. What we knew of each peer's copy (heads it holds,
+      // Automerge sync state) describes that history; kept, it would stall the sync of a document
+      // re-created under the same id, whose history is new (the exchange never starts afresh).
+      for (const shared of this.shared.values()) shared.delete(key);
+      for (const states of this.states.values()) states.delete(key);
+    }
     for (const session of this.sessions.values()) {
       if (session.peerId !== this.applyingFrom) session.dirty.add(key);
     }
@@ -306,12 +339,22 @@ export class SyncEngine implements Component {
       if (sameHeads(known, heads)) return undefined;
       // Assume delivery; a receiver missing dependencies answers with an Automerge exchange instead.
       this.sharedFor(peerId).set(key, heads);
-      return { t: "chg", c, id, data: Automerge.saveSince(doc, known), heads, hlc: version.hlc, w: version.writer };
+      return { t: "chg", c, id, data: Automerge.saveSince(doc, known), heads, hlc: version.hlc, w: version.writer, ...this.epochOf(c, id) };
     }
     const states = this.statesFor(peerId);
     const [state, message] = Automerge.generateSyncMessage(doc, states.get(key) ?? Automerge.initSyncState());
     states.set(key, state);
-    return message ? { t: "am", c, id, m: message, hlc: version.hlc, w: version.writer } : undefined;
+    return message ? { t: "am", c, id, m: message, hlc: version.hlc, w: version.writer, ...this.epochOf(c, id) } : undefined;
+  }
+
+  /**
+   * `e` of a FullHistory entry: a tombstone beside a document we hold is the delete after which
+   * its history was started afresh (a re-creation). Receivers holding a copy older than that delete
+   * replace it instead of merging it (DocumentStore.applyRemoteWith).
+   */
+  private epochOf(c: string, id: string): { e?: string } {
+    const t = this.options.store.getTombstone(c, id);
+    return t ? { e: t.hlc } : {};
   }
 
   private expired(deletedAt: number): boolean {
@@ -322,6 +365,75 @@ export class SyncEngine implements Component {
 
   private received(peerId: string, bytes: Uint8Array): void {
     if (!this.sessions.has(peerId)) return;
+    const inbox = this.inboxes.get(peerId);
+    if (!inbox && this.handledMs < HANDLE_SLICE_MS) {
+      // Nothing waiting and time left in this turn: handle at once (the usual case).
+      this.handleTimed(peerId, bytes);
+      return;
+    }
+    const box = inbox ?? { queue: [], head: 0, bytes: 0 };
+    if (box.bytes + bytes.byteLength > MAX_INBOX_BYTES) {
+      this.violation(peerId, new ProtocolError(`more than ${MAX_INBOX_BYTES} bytes of messages waiting to be handled`));
+      return;
+    }
+    // A copy: the transport may hand us a view of a buffer it reuses once we return.
+    box.queue.push(new Uint8Array(bytes));
+    box.bytes += bytes.byteLength;
+    this.inboxes.set(peerId, box);
+    this.scheduleDrain();
+  }
+
+  private handleTimed(peerId: string, bytes: Uint8Array): void {
+    const started = performance.now();
+    try {
+      this.handleBytes(peerId, bytes);
+    } finally {
+      this.handledMs += performance.now() - started;
+      if (!this.handledResetScheduled) {
+        this.handledResetScheduled = true;
+        setImmediate(() => {
+          this.handledResetScheduled = false;
+          this.handledMs = 0;
+        });
+      }
+    }
+  }
+
+  private scheduleDrain(): void {
+    if (this.drainScheduled) return;
+    this.drainScheduled = true;
+    setImmediate(() => {
+      this.drainScheduled = false;
+      this.drain();
+    });
+  }
+
+  /** Handles waiting messages for one slice, one message per peer in turn, in each peer's order. */
+  private drain(): void {
+    const deadline = performance.now() + HANDLE_SLICE_MS;
+    while (this.inboxes.size > 0 && performance.now() < deadline) {
+      for (const [peerId, box] of this.inboxes) {
+        const bytes = box.queue[box.head] as Uint8Array;
+        box.queue[box.head++] = undefined;
+        box.bytes -= bytes.byteLength;
+        if (box.head === box.queue.length) this.inboxes.delete(peerId);
+        else if (box.head > 1024) {
+          box.queue = box.queue.slice(box.head);
+          box.head = 0;
+        }
+        try {
+          if (this.sessions.has(peerId)) this.handleTimed(peerId, bytes);
+        } catch (err) {
+          // As the transport does for a failing listener: a fault here must not end the process.
+          this.log.error("Handling a sync message failed", { peer: peerId, error: err instanceof Error ? err.message : String(err) });
+        }
+        if (performance.now() >= deadline) break;
+      }
+    }
+    if (this.inboxes.size > 0) this.scheduleDrain();
+  }
+
+  private handleBytes(peerId: string, bytes: Uint8Array): void {
     let message: Message;
     try {
       message = decodeMessage(bytes);
@@ -370,7 +482,10 @@ export class SyncEngine implements Component {
         const pushBack: string[] = [];
         for (const entry of message.entries) this.apply(peerId, entry, replies, pushBack);
         this.sendBatch(peerId, replies);
-        if (pushBack.length > 0) this.sendEntries(peerId, pushBack);
+        // The peer has just shown it holds something else than our current state (a tombstone or
+        // an older version), so any belief that it holds our heads is wrong (a push assumed
+        // delivered was lost with a connection): sendRequested drops such beliefs before sending.
+        if (pushBack.length > 0) this.sendRequested(peerId, pushBack);
         return;
       }
     }
@@ -483,7 +598,9 @@ export class SyncEngine implements Component {
     const key = keyOf(entry.c, entry.id);
     const states = this.statesFor(peerId);
     let state = states.get(key) ?? Automerge.initSyncState();
-    const outcome = store.applyRemoteWith(entry.c, entry.id, { hlc: entry.hlc, writer: entry.w }, (doc: Doc) => {
+    const outcome = store.applyRemoteWith(entry.c, entry.id, remoteVersion(entry), (doc: Doc) => {
+      // Read now: applying the entry's epoch may have deleted our copy, and our sync state with it.
+      state = states.get(key) ?? Automerge.initSyncState();
       const [next, nextState] = Automerge.receiveSyncMessage(doc, state, entry.m);
       state = nextState;
       return next;
@@ -498,7 +615,10 @@ export class SyncEngine implements Component {
     if (!doc) Automerge.free(base);
     states.set(key, replyState);
     if (replyState.sharedHeads.length > 0) this.sharedFor(peerId).set(key, replyState.sharedHeads);
-    if (reply) replies.push({ t: "am", c: entry.c, id: entry.id, m: reply, hlc: version?.hlc ?? entry.hlc, w: version?.writer ?? entry.w });
+    if (reply) {
+      const e = version ? this.epochOf(entry.c, entry.id) : {};
+      replies.push({ t: "am", c: entry.c, id: entry.id, m: reply, hlc: version?.hlc ?? entry.hlc, w: version?.writer ?? entry.w, ...e });
+    }
     return outcome;
   }
 
@@ -506,7 +626,7 @@ export class SyncEngine implements Component {
   private applyDelta(peerId: string, entry: Extract<Entry, { t: "chg" }>, replies: Entry[]): ApplyOutcome {
     const { store } = this.options;
     const key = keyOf(entry.c, entry.id);
-    const outcome = store.applyRemoteWith(entry.c, entry.id, { hlc: entry.hlc, writer: entry.w }, (doc: Doc) =>
+    const outcome = store.applyRemoteWith(entry.c, entry.id, remoteVersion(entry), (doc: Doc) =>
       Automerge.loadIncremental(doc, entry.data),
     );
     if (outcome === "superseded") return outcome;
@@ -521,14 +641,18 @@ export class SyncEngine implements Component {
       const [state, message] = Automerge.generateSyncMessage(base, Automerge.initSyncState());
       if (!doc) Automerge.free(base);
       this.statesFor(peerId).set(key, state);
-      if (message) replies.push({ t: "am", c: entry.c, id: entry.id, m: message, hlc: version?.hlc ?? entry.hlc, w: version?.writer ?? entry.w });
+      if (message) {
+        const e = version ? this.epochOf(entry.c, entry.id) : {};
+        replies.push({ t: "am", c: entry.c, id: entry.id, m: message, hlc: version?.hlc ?? entry.hlc, w: version?.writer ?? entry.w, ...e });
+      }
       return outcome;
     }
     const heads = Automerge.getHeads(doc);
     this.sharedFor(peerId).set(key, heads);
     // We held changes the sender lacked (concurrent edits): send them back relative to its heads.
     if (!sameHeads(heads, entry.heads)) {
-      replies.push({ t: "chg", c: entry.c, id: entry.id, data: Automerge.saveSince(doc, entry.heads), heads, hlc: version.hlc, w: version.writer });
+      const e = this.epochOf(entry.c, entry.id);
+      replies.push({ t: "chg", c: entry.c, id: entry.id, data: Automerge.saveSince(doc, entry.heads), heads, hlc: version.hlc, w: version.writer, ...e });
     }
     return outcome;
   }

@@ -23,16 +23,25 @@ export interface Version {
   w: string;
 }
 
+/**
+ * Of a FullHistory entry: the HLC of the delete after which the sender's history of the document
+ * was started afresh (it was re-created). A receiver's copy older than that delete is replaced, not
+ * merged. Absent for a document never deleted, or one updated (not re-created) after a delete.
+ */
+export interface Epoch {
+  e?: string;
+}
+
 /** One document-level update. */
 export type Entry =
   /** Automerge sync-protocol message for a FullHistory document. */
-  | ({ t: "am"; c: string; id: string; m: Uint8Array } & Version)
+  | ({ t: "am"; c: string; id: string; m: Uint8Array } & Version & Epoch)
   /**
    * The changes of a FullHistory document since `base`, heads the receiver is known to hold
    * (`Automerge.saveSince` bytes), and the sender's heads after them. One message instead of an
    * Automerge sync exchange whenever the sender knows where the receiver stands.
    */
-  | ({ t: "chg"; c: string; id: string; data: Uint8Array; heads: string[] } & Version)
+  | ({ t: "chg"; c: string; id: string; data: Uint8Array; heads: string[] } & Version & Epoch)
   /** Whole current state of a LatestOnly document (`Automerge.save` bytes), last writer wins. */
   | ({ t: "snap"; c: string; id: string; data: Uint8Array } & Version)
   /** A delete marker. `at` is wall-clock ms (expiry), `by` the deleting node. */
@@ -90,9 +99,9 @@ export function isEntry(v: unknown): v is Entry {
   if (!isObject(v) || !isName(v.c) || !isName(v.id)) return false;
   switch (v.t) {
     case "am":
-      return isBytes(v.m) && isHlc(v.hlc) && isWriter(v.w);
+      return isBytes(v.m) && isHlc(v.hlc) && isWriter(v.w) && (v.e === undefined || isHlc(v.e));
     case "chg":
-      return isBytes(v.data) && isHeads(v.heads) && isHlc(v.hlc) && isWriter(v.w);
+      return isBytes(v.data) && isHeads(v.heads) && isHlc(v.hlc) && isWriter(v.w) && (v.e === undefined || isHlc(v.e));
     case "snap":
       return isBytes(v.data) && isHlc(v.hlc) && isWriter(v.w);
     case "tomb":

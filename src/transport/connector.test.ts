@@ -9,7 +9,7 @@ import { deriveIdentity } from "../identity/index.ts";
 import { silentLogger } from "../log.ts";
 import { waitUntil } from "./conformance.ts";
 import { PeerConnector, isProvisionalId } from "./connector.ts";
-import { SEED, type TestNode, startNode } from "./testdata/harness.ts";
+import { SEED, type TestNode, dialerFirst, startNode } from "./testdata/harness.ts";
 
 setDefaultTimeout(20_000);
 
@@ -50,6 +50,23 @@ describe("PeerConnector", () => {
     expect(isProvisionalId("peat-mesh-0")).toBe(false);
   });
 
+  test("default retry delays: capped at 5 s, so a healed partition reconnects promptly; 30 s after an authentication failure", async () => {
+    const node = await startNode("backoff-defaults");
+    cleanup.push(() => node.stop());
+    const connector = new PeerConnector({ transport: node.transport, discovery: [], identity: deriveIdentity(SEED, "backoff-defaults"), log: silentLogger() });
+    const delay = (failures: number, auth?: boolean) => (connector as unknown as { delay(f: number, a?: boolean): number }).delay(failures, auth);
+    for (let i = 0; i < 50; i++) {
+      expect(delay(1)).toBeGreaterThanOrEqual(250);
+      expect(delay(1)).toBeLessThanOrEqual(500);
+      const capped = delay(40);
+      expect(capped).toBeGreaterThanOrEqual(2500);
+      expect(capped).toBeLessThanOrEqual(5000);
+      const auth = delay(40, true);
+      expect(auth).toBeGreaterThanOrEqual(15_000);
+      expect(auth).toBeLessThanOrEqual(30_000);
+    }
+  });
+
   test("the same node listed by name and by bare address is one peer with one connection", async () => {
     const { node: target } = await nodeWithConnector("merge-target", []);
     const { node, connector } = await nodeWithConnector("merge-source", [entry(target, "merge-target"), entry(target)]);
@@ -74,6 +91,19 @@ describe("PeerConnector", () => {
     await Bun.sleep(500);
     expect(node.transport.connectedPeers()).toEqual([]);
     expect(target.transport.connectedPeers()).toEqual([]);
+  });
+
+  test("a peer that comes back at another address and dials us is known at that address, once authenticated", async () => {
+    const [mover, stayer] = dialerFirst("move-dialer", "move-answerer");
+    const probe = await startNode(mover);
+    const oldPort = probe.address.brokerPort;
+    await probe.stop();
+    const { node: there, connector } = await nodeWithConnector(stayer, [
+      { name: mover, host: "127.0.0.1", brokerPort: oldPort, entry: `${mover}@127.0.0.1:${oldPort}` },
+    ]);
+    const { node: moved } = await nodeWithConnector(mover, [entry(there, stayer)]);
+    await waitUntil(() => connector.peer(mover)?.connected === true, 5000, "the mover's connection");
+    expect(connector.peer(mover)?.addresses).toEqual([`127.0.0.1:${oldPort}`, `127.0.0.1:${moved.address.brokerPort}`]);
   });
 
   test("a peer that is not up yet is retried with backoff until it is", async () => {

@@ -9,13 +9,15 @@
  *   the request's source address. So a peer configured on one side only still gets connected,
  *   and there is never more than one connection per pair.
  * - A failed attempt or a lost connection is retried with exponential backoff and jitter
- *   (250 ms doubling to 30 s). A peer that discovery no longer reports is disconnected and
- *   forgotten; one we only know because it connected to us is forgotten when it disconnects.
+ *   (250 ms doubling to 5 s; to 30 s for a peer that failed authentication). A peer that
+ *   discovery no longer reports is disconnected and forgotten; one we only know because it
+ *   connected to us is forgotten when it disconnects.
  */
 import type { DiscoveredPeer, DiscoveryEvent, DiscoveryStrategy, PeerAddress } from "../discovery/types.ts";
 import type { NodeIdentity } from "../identity/index.ts";
 import type { Component } from "../lifecycle.ts";
 import { Display, type Logger } from "../log.ts";
+import { TrackedTimers } from "../timers.ts";
 import { DialError } from "./errors.ts";
 import { NODE_ID_PATTERN } from "./signal.ts";
 import { DisconnectReasons, type TransportPeer } from "./types.ts";
@@ -44,6 +46,8 @@ export interface PeerView {
 export interface BackoffOptions {
   initialMs: number;
   maxMs: number;
+  /** The cap for a peer whose last attempt failed authentication (another formation will not change soon). */
+  authMaxMs: number;
 }
 
 export interface PeerConnectorOptions {
@@ -76,7 +80,16 @@ interface PeerEntry {
   dropped: boolean;
 }
 
-const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 250, maxMs: 30_000 };
+/**
+ * The 5 s cap bounds how long a pair stays apart after a partition heals, however long it lasted:
+ * an attempt hanging on the dead link gets through on a retransmitted SYN or gives up at the 10 s
+ * signalling timeout (at most ~3 s after the heal), and as the delay counts from the start of the
+ * attempt, the next one follows at once. So peers reconnect within a few seconds of a heal and
+ * converge within 10 s (test/chaos/partition.test.ts); with a 30 s cap counted from the failure
+ * they took up to 30 s after long partitions. The cost: one signalling request per unreachable peer
+ * every 2.5–10 s. Authentication failures keep the long cap.
+ */
+const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 250, maxMs: 5000, authMaxMs: 30_000 };
 
 /** Node ids cannot contain ':'; anything that is not a node id is a discovery placeholder. */
 export function isProvisionalId(id: string): boolean {
@@ -100,12 +113,16 @@ export class PeerConnector implements Component {
   private readonly waiters = new Map<string, Set<() => void>>();
   private readonly unsubscribe: (() => void)[] = [];
   private running = false;
+  /** Retry and dial-back timers: `peat_timers{component="connector"}`. */
+  readonly timers = new TrackedTimers();
 
   constructor(private readonly options: PeerConnectorOptions) {
     this.log = options.log.child("peat_mesh::peer_connector");
     this.transport = options.transport;
     this.selfId = options.identity.nodeId;
-    this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    const backoff = options.backoff ?? {};
+    // A caller that sets its own cap (tests) gets it for authentication failures too.
+    this.backoff = { ...DEFAULT_BACKOFF, ...backoff, authMaxMs: backoff.authMaxMs ?? backoff.maxMs ?? DEFAULT_BACKOFF.authMaxMs };
     this.dialBackWaitMs = options.dialBackWaitMs ?? 10_000;
     // Subscribed at construction, so peers found while discovery starts are not missed whatever
     // the start order; dialling waits for start().
@@ -125,7 +142,10 @@ export class PeerConnector implements Component {
 
   async stop(): Promise<void> {
     this.running = false;
-    for (const entry of this.entries.values()) clearTimeout(entry.timer);
+    for (const entry of this.entries.values()) {
+      this.timers.clear(entry.timer);
+      entry.timer = undefined;
+    }
     for (const off of this.unsubscribe) off();
     this.unsubscribe.length = 0;
   }
@@ -212,10 +232,13 @@ export class PeerConnector implements Component {
   private onConnected(peer: TransportPeer): void {
     let entry = this.entries.get(peer.peerId);
     if (!entry) entry = this.newEntry(peer.peerId);
+    // Where it signalled from, authenticated: a peer that moved is redialled there, not only at the
+    // (now stale) address discovery gave.
+    if (peer.brokerAddress) entry.learned = peer.brokerAddress;
     entry.failures = 0;
     entry.lastError = null;
     entry.authFailed = false;
-    clearTimeout(entry.timer);
+    this.timers.clear(entry.timer);
     entry.timer = undefined;
     const waiters = this.waiters.get(peer.peerId);
     if (waiters) for (const wake of waiters) wake();
@@ -230,7 +253,7 @@ export class PeerConnector implements Component {
       return;
     }
     if (!this.running || reason === DisconnectReasons.lost) return;
-    this.schedule(entry, this.delay(entry.failures));
+    this.schedule(entry, this.delay(entry.failures, entry.authFailed));
   }
 
   private onDialRequest(request: DialRequest): void {
@@ -273,7 +296,7 @@ export class PeerConnector implements Component {
 
   private drop(entry: PeerEntry): void {
     entry.dropped = true;
-    clearTimeout(entry.timer);
+    this.timers.clear(entry.timer);
     entry.timer = undefined;
     if (this.entries.get(entry.id) === entry) this.entries.delete(entry.id);
   }
@@ -303,15 +326,16 @@ export class PeerConnector implements Component {
   }
 
   /** Backoff with "equal jitter": half the exponential step fixed, half random, so peers that failed together spread out. */
-  private delay(failures: number): number {
-    const step = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.min(failures, 30));
+  private delay(failures: number, authFailed = false): number {
+    const cap = authFailed ? Math.max(this.backoff.maxMs, this.backoff.authMaxMs) : this.backoff.maxMs;
+    const step = Math.min(cap, this.backoff.initialMs * 2 ** Math.min(failures, 30));
     return Math.round(step / 2 + (Math.random() * step) / 2);
   }
 
   private schedule(entry: PeerEntry, delayMs: number): void {
     if (!this.running || entry.dropped) return;
-    clearTimeout(entry.timer);
-    entry.timer = setTimeout(() => {
+    this.timers.clear(entry.timer);
+    entry.timer = this.timers.timeout(() => {
       entry.timer = undefined;
       void this.attempt(entry);
     }, delayMs);
@@ -320,6 +344,7 @@ export class PeerConnector implements Component {
   private async attempt(entry: PeerEntry): Promise<void> {
     if (!this.running || entry.dropped || entry.busy || this.isConnected(entry)) return;
     entry.busy = true;
+    const started = performance.now();
     try {
       await this.connect(entry);
       entry.failures = 0;
@@ -336,7 +361,9 @@ export class PeerConnector implements Component {
         if (!this.isConnected(entry)) this.drop(entry);
         return;
       }
-      const wait = this.delay(entry.failures);
+      // The delay runs from the start of the failed attempt: one that hung until its timeout on a
+      // dead link (10 s) has waited long enough, and the next one may be the one after the heal.
+      const wait = Math.max(0, Math.round(this.delay(entry.failures, entry.authFailed) - (performance.now() - started)));
       this.log.debug("Connection attempt failed; will retry", {
         peer: entry.id,
         addresses: this.shownAddresses(entry),
@@ -392,7 +419,7 @@ export class PeerConnector implements Component {
         this.waiters.set(id, set);
       }
       const done = () => {
-        clearTimeout(timer);
+        this.timers.clear(timer);
         set.delete(done);
         if (set.size === 0) this.waiters.delete(id);
       };
@@ -400,7 +427,7 @@ export class PeerConnector implements Component {
         done();
         resolve();
       };
-      const timer = setTimeout(() => {
+      const timer = this.timers.timeout(() => {
         done();
         reject(new DialError(`${id} did not dial back within ${timeoutMs} ms`));
       }, timeoutMs);

@@ -10,6 +10,12 @@ export interface TransportPeer {
   deviceId: string;
   /** Where the peer is reached, `ip:port` (IPv6 as `[addr]:port`). */
   addresses: string[];
+  /**
+   * The peer's broker as this connection's signalling used it: the address we reached it at, or
+   * the source address of its offer with the broker port it signed. How a peer that moved (new
+   * address or port) is found again, once authenticated.
+   */
+  brokerAddress?: { host: string; brokerPort: number };
 }
 
 export type ConnectedListener = (peer: TransportPeer) => void;

@@ -53,6 +53,25 @@ describe("WebRtcTransport specifics", () => {
     expect(b.metrics.render()).toContain("peat_peers_connected 0");
   });
 
+  test("PeerConnections, data channels and timers are counted while live and released after a disconnect", async () => {
+    const [x, y] = dialerFirst("count-a", "count-b");
+    const a = await startNode(x);
+    const b = await startNode(y);
+    nodes.push(a, b);
+    const idle = { a: a.transport.stats().timers, b: b.transport.stats().timers };
+    await a.transport.dial(y, [b.address]);
+    await waitUntil(() => b.transport.connectedPeers().length === 1, 5000, "b connected");
+    expect(a.transport.stats()).toMatchObject({ peerConnections: 1, dataChannels: 1, timers: idle.a });
+    await waitUntil(() => b.transport.stats().timers === idle.b, 5000, "b's candidate timer to fire");
+    expect(b.transport.stats()).toMatchObject({ peerConnections: 1, dataChannels: 1 });
+    expect(a.metrics.render()).toContain("peat_transport_data_channels 1");
+    a.transport.disconnect(y);
+    await waitUntil(() => b.transport.connectedPeers().length === 0, 5000, "b to see the disconnect");
+    for (const n of [a, b]) expect(n.transport.stats()).toMatchObject({ peerConnections: 0, dataChannels: 0 });
+    // Each closed connection's native objects are held 10 s by one timer, then released.
+    expect(a.transport.stats().timers).toBe(idle.a + 1);
+  });
+
   test("the node with the larger device id cannot dial", async () => {
     const [x, y] = dialerFirst("role-a", "role-b");
     const a = await startNode(x);

@@ -16,6 +16,7 @@ import type { MeshEvents } from "../events.ts";
 import type { FormationKey, NodeIdentity } from "../identity/index.ts";
 import { Display, type Logger } from "../log.ts";
 import type { Counter, Metrics } from "../metrics.ts";
+import { TrackedTimers } from "../timers.ts";
 import {
   ConnectionLimitError,
   DialError,
@@ -111,7 +112,11 @@ export const DEFAULT_TUNING: TransportTuning = {
   highWaterBytes: 1024 * 1024,
   lowWaterBytes: 256 * 1024,
   maxQueuedBytes: 64 * 1024 * 1024,
-  pingIntervalMs: 5000,
+  // A link silent for 6–8 s is dropped and redialled. After a network outage of ~10 s, SCTP's
+  // retransmission timer has backed off so far (libdatachannel caps it at 10 s) that a link that
+  // survived the outage stayed stalled for up to 18 s after it ended (measured, chaos partition
+  // "blip"); a fresh connection resyncs at once. With 5 s × 3 such links sat just under the limit.
+  pingIntervalMs: 2000,
   silentIntervals: 3,
   handshakeTimeoutMs: 10_000,
   connectTimeoutMs: 15_000,
@@ -203,6 +208,8 @@ class Link {
   remoteAddress: string | null = null;
   /** Where signalling reached the peer (or came from): logged when something goes wrong before ICE is up. */
   signalAddress = "";
+  /** The peer's broker address as signalling used it (reported on connect, see TransportPeer). */
+  brokerAddress: PeerAddress | undefined;
   queue: Uint8Array[] = [];
   queueHead = 0;
   queuedBytes = 0;
@@ -283,6 +290,10 @@ export class WebRtcTransport extends TransportListeners implements Transport {
   private ticker: ReturnType<typeof setInterval> | undefined;
   private livePeerConnections = 0;
   private createdPeerConnections = 0;
+  /** Data channels wired to a live connection (closed with it). */
+  private liveDataChannels = 0;
+  /** Every timer the transport holds, per-connection ones included: `peat_timers{component="transport"}`. */
+  readonly timers = new TrackedTimers();
   private lastConnectedCount = 0;
   private readonly warnThrottle = new WarnThrottle();
   private readonly counters: {
@@ -327,6 +338,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     };
     metrics.gauge("peat_peers_connected", "Peers connected and authenticated", () => this.connectedCount());
     metrics.gauge("peat_transport_peer_connections", "Live WebRTC PeerConnections, pending ones included", () => this.livePeerConnections);
+    metrics.gauge("peat_transport_data_channels", "Live WebRTC data channels, pending ones included", () => this.liveDataChannels);
   }
 
   // ---- lifecycle --------------------------------------------------------------------------------
@@ -340,7 +352,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       nodeDataChannel.initLogger("Warning", (level, message) => rtcLog.debug(message, { level }));
     }
     this.running = true;
-    this.ticker = setInterval(() => this.tick(), this.tuning.pingIntervalMs);
+    this.ticker = this.timers.interval(() => this.tick(), this.tuning.pingIntervalMs);
     this.ticker.unref?.();
     const { config } = this.options;
     this.log.info("WebRTC transport started", {
@@ -355,7 +367,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    clearInterval(this.ticker);
+    this.timers.clear(this.ticker);
     this.ticker = undefined;
     for (const link of [...this.links.values()]) this.closeLink(link, DisconnectReasons.stopped);
   }
@@ -437,9 +449,19 @@ export class WebRtcTransport extends TransportListeners implements Transport {
   }
 
   /** Counts for tests and diagnostics: live and ever-created PeerConnections, pending and connected peers. */
-  stats(): { peerConnections: number; created: number; pending: number; connected: number; replayCache: number } {
+  stats(): {
+    peerConnections: number;
+    dataChannels: number;
+    timers: number;
+    created: number;
+    pending: number;
+    connected: number;
+    replayCache: number;
+  } {
     return {
       peerConnections: this.livePeerConnections,
+      dataChannels: this.liveDataChannels,
+      timers: this.timers.size,
       created: this.createdPeerConnections,
       pending: this.pendingCount(),
       connected: this.connectedCount(),
@@ -483,6 +505,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       link.id = offer.nonce;
       const { reply, address } = await this.post(addresses, offer);
       link.signalAddress = address;
+      link.brokerAddress = addresses.find((a) => formatAddress(a.host, a.brokerPort) === address);
       this.verifyReply(reply, { types: ["answer"], from: nodeId, re: offer.nonce }, address);
       if (link.closed) throw new DialError(`connection to ${nodeId} closed while signalling`);
       link.pc.setRemoteDescription(reply.sdp, "answer");
@@ -623,7 +646,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
         staleLink: request.link,
       };
       // After the reply is on its way: the requester should hold the ack before our offer arrives.
-      setTimeout(() => {
+      this.timers.timeout(() => {
         for (const listener of this.dialRequestListeners) listener(event);
       }, 0);
     }
@@ -644,11 +667,12 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     const link = this.createLink(offer.from, keys, "answerer");
     link.id = offer.nonce;
     link.signalAddress = ip;
+    if (offer.broker_port > 0) link.brokerAddress = { host: ip, brokerPort: offer.broker_port };
     try {
       // Applied without the dialer's candidates: see splitCandidates for why they come later.
       const { sdp, candidates } = splitCandidates(offer.sdp);
       link.pc.setRemoteDescription(sdp, "offer");
-      link.candidateTimer = setTimeout(() => this.addRemoteCandidates(link, candidates), this.tuning.candidateDelayMs);
+      link.candidateTimer = this.timers.timeout(() => this.addRemoteCandidates(link, candidates), this.tuning.candidateDelayMs);
     } catch (err) {
       this.closeLink(link, DisconnectReasons.protocolError, false);
       if (/gather/i.test(errorText(err))) throw new ConnectionLimitError(`cannot accept a connection: ${errorText(err)}`);
@@ -726,7 +750,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
         if (dc.isOpen()) this.onChannelOpen(link);
       });
     }
-    link.deadline = setTimeout(() => {
+    link.deadline = this.timers.timeout(() => {
       this.log.debug("Connection did not open in time", { peer: nodeId, addr: link.address });
       this.closeLink(link, DisconnectReasons.connectTimeout);
     }, this.tuning.connectTimeoutMs);
@@ -735,6 +759,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
 
   private wireChannel(link: Link, dc: DataChannel): void {
     link.dc = dc;
+    this.liveDataChannels++;
     dc.setBufferedAmountLowThreshold(this.tuning.lowWaterBytes);
     dc.onOpen(() => this.onChannelOpen(link));
     dc.onClosed(() => this.closeLink(link, DisconnectReasons.closedByPeer, false));
@@ -754,14 +779,14 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       const finish = () => {
         if (settled) return;
         settled = true;
-        clearTimeout(timer);
+        this.timers.clear(timer);
         if (link.closed) return reject(new DialError(`connection to ${link.nodeId} closed while gathering`));
         const description = pc.localDescription();
         if (!description) return reject(new DialError("no local description"));
         resolve(description.sdp);
       };
       // With STUN/TURN servers that do not answer, send what has been gathered rather than hang.
-      const timer = setTimeout(finish, this.tuning.gatherTimeoutMs);
+      const timer = this.timers.timeout(finish, this.tuning.gatherTimeoutMs);
       pc.onGatheringStateChange((state) => {
         if (state === "complete") finish();
       });
@@ -783,13 +808,13 @@ export class WebRtcTransport extends TransportListeners implements Transport {
 
   private onChannelOpen(link: Link): void {
     if (link.closed || link.handshake) return;
-    clearTimeout(link.deadline);
+    this.timers.clear(link.deadline);
     link.state = "authenticating";
     link.lastRx = Date.now();
     link.remoteAddress = selectedRemote(link.pc);
     link.handshake = new AuthHandshake(this.options.formationKey, link.role);
     this.sendFrame(link, link.handshake.start());
-    link.deadline = setTimeout(() => {
+    link.deadline = this.timers.timeout(() => {
       const err = new HandshakeTimeoutError(`no formation proof within ${this.tuning.handshakeTimeoutMs} ms`);
       this.counters.authFailures.inc(1, { stage: "handshake" });
       this.warnAuth("Peer failed formation authentication", { peer: link.nodeId, addr: link.address, error: err.message });
@@ -858,7 +883,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
 
   private onAuthenticated(link: Link): void {
     if (link.closed) return;
-    clearTimeout(link.deadline);
+    this.timers.clear(link.deadline);
     link.deadline = undefined;
     link.state = "connected";
     link.connectedAt = Date.now();
@@ -871,7 +896,12 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     });
     this.options.events.emit({ type: "PeerConnected", peer_id: link.nodeId, device_id: link.keys.deviceId, addresses });
     this.topologyMaybeChanged();
-    const peer: TransportPeer = { peerId: link.nodeId, deviceId: link.keys.deviceId, addresses };
+    const peer: TransportPeer = {
+      peerId: link.nodeId,
+      deviceId: link.keys.deviceId,
+      addresses,
+      ...(link.brokerAddress ? { brokerAddress: link.brokerAddress } : {}),
+    };
     this.emitConnected(peer);
     link.settle.resolve();
   }
@@ -941,8 +971,8 @@ export class WebRtcTransport extends TransportListeners implements Transport {
   private closeLink(link: Link, reason: string, notifyPeer = true): void {
     if (link.closed) return;
     link.closed = true;
-    clearTimeout(link.deadline);
-    clearTimeout(link.candidateTimer);
+    this.timers.clear(link.deadline);
+    this.timers.clear(link.candidateTimer);
     const wasConnected = link.state === "connected";
     if (this.links.get(link.nodeId) === link) this.links.delete(link.nodeId);
     const { pc, dc } = link;
@@ -958,11 +988,12 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       pc.close();
     } catch {}
     this.livePeerConnections--;
+    if (dc) this.liveDataChannels--;
     // Keep the wrappers reachable until libdatachannel's last callbacks for them have run: a
     // wrapper collected while native code still refers to it crashed the process in testing.
     const grave = { pc, dc };
     this.graveyard.add(grave);
-    setTimeout(() => this.graveyard.delete(grave), 10_000).unref?.();
+    this.timers.timeout(() => this.graveyard.delete(grave), 10_000).unref?.();
     link.queue = [];
     link.queueHead = 0;
     link.queuedBytes = 0;
