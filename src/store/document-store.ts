@@ -16,7 +16,7 @@
  */
 import { resolve } from "node:path";
 import { Automerge } from "../automerge.ts";
-import { BadRequestError, NotFoundError, StorageError } from "../errors.ts";
+import { BadRequestError, GroupCommitError, NotFoundError, StorageError } from "../errors.ts";
 import type { Component } from "../lifecycle.ts";
 import type { Logger } from "../log.ts";
 import type { ChunkWrite, DocRow, StorageAdapter, StorageTotals } from "./adapter.ts";
@@ -228,6 +228,24 @@ export class DocumentStore implements Component {
     this.cache.clear();
     this.totalsCache = undefined;
     this.adapter.close();
+  }
+
+  /**
+   * Runs `fn` with its writes committed together at the end: one commit for many remote updates.
+   * If the group as a whole could not be committed, cached documents may carry changes that are
+   * not stored, so all are dropped and the next access reloads what is.
+   */
+  group<T>(fn: () => T): T {
+    this.requireOpen();
+    try {
+      return this.adapter.group(fn);
+    } catch (e) {
+      if (e instanceof GroupCommitError) {
+        this.cache.clear();
+        this.totalsCache = undefined;
+      }
+      throw e;
+    }
   }
 
   private requireOpen(): void {
@@ -797,6 +815,33 @@ export class DocumentStore implements Component {
     return doc;
   }
 
+  /**
+   * The document for sync to read (heads, `saveSince`, sync messages) without refreshing its JS
+   * view, which sync never reads. Valid until the next store call that loads another document.
+   */
+  syncDoc(collection: string, id: string): Doc | undefined {
+    this.requireOpen();
+    checkKey("collection", collection);
+    checkKey("id", id);
+    const stored = this.adapter.getDoc(collection, id);
+    if (!stored) return undefined;
+    return this.loadDoc(this.materialize(stored));
+  }
+
+  /**
+   * Builds the Automerge form of whichever of `keys` are still pending, in one transaction, and
+   * keeps them cached: sync is about to read each of them. Cheaper than building them one by one.
+   */
+  prepareForSync(keys: readonly { collection: string; id: string }[]): void {
+    this.requireOpen();
+    const rows: DocRow[] = [];
+    for (const k of keys) {
+      const row = this.adapter.getDoc(k.collection, k.id);
+      if (row && row.headsHash === PENDING) rows.push(row);
+    }
+    for (let i = 0; i < rows.length; i += ENCODE_BATCH) this.materializeRows(rows.slice(i, i + ENCODE_BATCH), { cache: true });
+  }
+
   /** Stored bytes (snapshot + increments), loadable with `Automerge.load`, without loading here. */
   getDocBytes(collection: string, id: string): Uint8Array | undefined {
     this.requireOpen();
@@ -856,7 +901,14 @@ export class DocumentStore implements Component {
    * and returns it after applying remote data (applyChanges, merge, receiveSyncMessage, ...).
    * The store persists whatever `mutate` added and records version max(stored, `version`).
    */
-  applyRemoteWith(collection: string, id: string, version: DocVersion, mutate: (doc: Doc) => Doc): ApplyOutcome {
+  applyRemoteWith(
+    collection: string,
+    id: string,
+    version: DocVersion,
+    mutate: (doc: Doc) => Doc,
+    /** Bytes that `mutate` loads whole into an empty document: stored as they are for a new one. */
+    loaded?: Uint8Array,
+  ): ApplyOutcome {
     this.requireOpen();
     checkKey("collection", collection);
     checkKey("id", id);
@@ -892,7 +944,7 @@ export class DocumentStore implements Component {
     const stored = prev
       ? this.chunkFor(prev, headsBefore, after)
       : (() => {
-          const snapshot = Automerge.save(after);
+          const snapshot = loaded ? loaded.slice() : Automerge.save(after);
           return { chunk: { kind: "snapshot", data: snapshot } as ChunkWrite, snapshotBytes: snapshot.length, incrementBytes: 0 };
         })();
     const row: DocRow = {
