@@ -77,8 +77,11 @@ function splitKey(key: string): { collection: string; id: string } {
 }
 
 interface SendOptions {
-  /** A push of changes (as opposed to an answer within reconciliation). */
-  push?: boolean;
+  /**
+   * Nothing is known of the peer's copies (a push) or it has none (it did not list them, or asked
+   * for them): a small FullHistory document with no sync history with the peer goes whole.
+   */
+  whole?: boolean;
   /** The other peers this push goes to, for the receiver's relay decision. */
   to?: string[];
   /** Stored bytes of documents already read in this flush, shared by its peers. */
@@ -330,6 +333,9 @@ export class SyncEngine implements Component {
     this.stale.add(key);
     for (const session of this.sessions.values()) {
       if (session.peerId === this.applyingFrom || this.alsoSentTo?.has(session.peerId)) continue;
+      // A deferred peer reconciles with us once we have caught up: relaying what we catch up on
+      // would send it, one by one, what it most likely holds already.
+      if (this.applyingFrom !== undefined && session.deferred) continue;
       session.dirty.add(key);
     }
     this.scheduleFlush();
@@ -374,7 +380,7 @@ export class SyncEngine implements Component {
       const keys = [...session.dirty];
       session.dirty.clear();
       const to = recipients.filter((r) => r !== session).map((r) => r.peerId);
-      this.sendEntries(session.peerId, keys, { push: true, to, bytes });
+      this.sendEntries(session.peerId, keys, { whole: true, to, bytes });
     }
   }
 
@@ -384,19 +390,20 @@ export class SyncEngine implements Component {
    * dropped, so the Automerge exchange starts from scratch. Otherwise a delta from what we believe
    * it holds goes out, and a peer that lacks its base answers with an exchange instead.
    */
-  private sendRequested(peerId: string, keys: string[]): void {
+  private sendRequested(peerId: string, keys: string[], opts: { lacking: boolean }): void {
     const shared = this.shared.get(peerId);
     for (const key of keys) {
       const known = shared?.get(key);
-      if (!known) continue;
-      const { collection, id } = splitKey(key);
-      const doc = this.options.store.syncDoc(collection, id);
-      if (!doc || sameHeads(known, Automerge.getHeads(doc))) {
-        shared?.delete(key);
-        this.states.get(peerId)?.delete(key);
+      if (!known && !opts.lacking) continue;
+      if (!opts.lacking) {
+        const { collection, id } = splitKey(key);
+        const doc = this.options.store.syncDoc(collection, id);
+        if (doc && !sameHeads(known as string[], Automerge.getHeads(doc))) continue;
       }
+      shared?.delete(key);
+      this.states.get(peerId)?.delete(key);
     }
-    this.sendEntries(peerId, keys);
+    this.sendEntries(peerId, keys, { whole: opts.lacking });
   }
 
   /** Sends the current state of each key to the peer, in batches of bounded size. */
@@ -443,7 +450,7 @@ export class SyncEngine implements Component {
       this.sharedFor(peerId).set(key, heads);
       return { t: "chg", c, id, data: Automerge.saveSince(doc, known), heads, hlc: version.hlc, w: version.writer };
     }
-    if (opts.push && !known && !this.states.get(peerId)?.has(key)) {
+    if (opts.whole && !known && !this.states.get(peerId)?.has(key)) {
       // Nothing known of the peer's copy, typically a new document: send all of it at once.
       let data = opts.bytes?.get(key);
       if (!opts.bytes?.has(key)) {
@@ -509,21 +516,22 @@ export class SyncEngine implements Component {
         return this.sendRequested(
           peerId,
           message.ids.map((id) => keyOf(message.c, id)),
+          { lacking: true },
         );
       case "batch": {
         // Replies and push-backs for the whole batch go out together, as one message.
         const replies: Entry[] = [];
         const pushBack: string[] = [];
-        const alsoSentTo = message.to?.filter((p) => p !== peerId && this.sessions.has(p));
-        this.alsoSentTo = alsoSentTo?.length ? new Set(alsoSentTo) : undefined;
+        const alsoSentTo = message.to?.filter((p) => p !== peerId && this.sessions.has(p)) ?? [];
+        this.alsoSentTo = alsoSentTo.length ? new Set(alsoSentTo) : undefined;
         try {
           // One commit for the whole batch: per-document commits were most of a receiver's cost.
           this.options.store.group(() => {
             for (const entry of message.entries) {
               this.apply(peerId, entry, replies, pushBack);
               // Those peers were sent these changes too: later deltas to them can start from here.
-              if (entry.t === "chg" && this.alsoSentTo) {
-                for (const other of this.alsoSentTo) this.sharedFor(other).set(keyOf(entry.c, entry.id), entry.heads);
+              if (entry.t === "chg") {
+                for (const other of alsoSentTo) this.sharedFor(other).set(keyOf(entry.c, entry.id), entry.heads);
               }
             }
           });
@@ -589,18 +597,21 @@ export class SyncEngine implements Component {
    */
   private compareItems(peerId: string, c: string, lo: string, hi: string, items: [string, string][]): void {
     const theirs = new Map(items);
-    const send: string[] = [];
+    const differing: string[] = [];
+    const lacking: string[] = [];
     for (const id of this.index.idsIn(c, lo, hi)) {
       const fp = theirs.get(id);
       theirs.delete(id);
-      if (fp !== hex64((this.index.item(c, id) as Item).fp)) send.push(id);
+      if (fp === undefined) lacking.push(id);
+      else if (fp !== hex64((this.index.item(c, id) as Item).fp)) differing.push(id);
     }
     for (const id of theirs.keys()) {
       // An item outside the range it was sent for can only come from a confused or hostile peer.
       if ((lo !== "" && id < lo) || (hi !== "" && id >= hi)) throw new ProtocolError(`item '${id}' outside range`);
     }
     const want = [...theirs.keys()];
-    if (send.length > 0) this.sendRequested(peerId, send.map((id) => keyOf(c, id)));
+    if (differing.length > 0) this.sendRequested(peerId, differing.map((id) => keyOf(c, id)), { lacking: false });
+    if (lacking.length > 0) this.sendRequested(peerId, lacking.map((id) => keyOf(c, id)), { lacking: true });
     for (let i = 0; i < want.length; i += MAX_ITEMS) this.send(peerId, { t: "want", c, ids: want.slice(i, i + MAX_ITEMS) });
   }
 
