@@ -169,6 +169,8 @@ export class DocumentStore implements Component {
   private encodeRetryMs = ENCODE_RETRY_MS;
   /** Pending rows, approximately (exact after a full drain); drives the backpressure. */
   private pendingCount = 0;
+  /** Keys written pending by this process and not built yet (rows left pending by an earlier run are not here). */
+  private readonly pendingKeys = new Set<string>();
   private started = false;
   private writes = 0;
   private compactionRuns = 0;
@@ -408,6 +410,7 @@ export class DocumentStore implements Component {
       };
       this.commitDoc(undefined, row, { kind: "none" }, undefined, tombstone !== undefined, "local");
       this.pendingCount++;
+      this.pendingKeys.add(cacheKey(collection, id));
       if (this.pendingCount > MAX_PENDING) this.encodeInline();
       this.scheduleEncoder();
       return { created: true, document };
@@ -507,6 +510,7 @@ export class DocumentStore implements Component {
   }
 
   private removeDoc(row: DocRow, tombstone: Tombstone, origin: ChangeOrigin): void {
+    this.pendingKeys.delete(cacheKey(row.collection, row.id));
     this.adapter.transaction(() => {
       this.adapter.deleteDoc(row.collection, row.id);
       this.adapter.putTombstone(tombstone);
@@ -561,6 +565,7 @@ export class DocumentStore implements Component {
       throw e;
     }
     this.pendingCount = Math.max(0, this.pendingCount - built.length);
+    for (const b of built) this.pendingKeys.delete(cacheKey(b.row.collection, b.row.id));
     for (const b of built) {
       this.adjustTotals(0, 0, b.row.snapshotBytes);
       if (opts.cache) this.cacheReplace(b.row.collection, b.row.id, b.doc);
@@ -589,7 +594,10 @@ export class DocumentStore implements Component {
       if (rows.length > 0) this.materializeRows(rows, { cache: false });
       count += rows.length;
       if (keys.length < batch) {
-        if (opts.collection === undefined) this.pendingCount = 0;
+        if (opts.collection === undefined) {
+          this.pendingCount = 0;
+          this.pendingKeys.clear();
+        }
         break;
       }
     }
@@ -823,6 +831,9 @@ export class DocumentStore implements Component {
     this.requireOpen();
     checkKey("collection", collection);
     checkKey("id", id);
+    // Cached documents are current (every commit replaces or drops them): no need to read the row.
+    const cached = this.cache.get(cacheKey(collection, id));
+    if (cached) return cached;
     const stored = this.adapter.getDoc(collection, id);
     if (!stored) return undefined;
     return this.loadDoc(this.materialize(stored));
@@ -836,6 +847,7 @@ export class DocumentStore implements Component {
     this.requireOpen();
     const rows: DocRow[] = [];
     for (const k of keys) {
+      if (!this.pendingKeys.has(cacheKey(k.collection, k.id))) continue;
       const row = this.adapter.getDoc(k.collection, k.id);
       if (row && row.headsHash === PENDING) rows.push(row);
     }

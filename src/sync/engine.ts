@@ -76,6 +76,12 @@ function splitKey(key: string): { collection: string; id: string } {
   return { collection: key.slice(0, sep), id: key.slice(sep + 1) };
 }
 
+interface DocView {
+  version: ReturnType<DocumentStore["getVersion"]>;
+  heads?: string[];
+  bytes?: Uint8Array;
+}
+
 interface SendOptions {
   /**
    * Nothing is known of the peer's copies (a push) or it has none (it did not list them, or asked
@@ -84,8 +90,8 @@ interface SendOptions {
   whole?: boolean;
   /** The other peers this push goes to, for the receiver's relay decision. */
   to?: string[];
-  /** Stored bytes of documents already read in this flush, shared by its peers. */
-  bytes?: Map<string, Uint8Array | undefined>;
+  /** What this flush already read of each document, shared by its peers. */
+  views?: Map<string, DocView>;
 }
 
 function getOrCreate<V>(map: Map<string, Map<string, V>>, key: string): Map<string, V> {
@@ -375,12 +381,12 @@ export class SyncEngine implements Component {
     }
     this.refreshIndex();
     const recipients = [...this.sessions.values()].filter((s) => s.dirty.size > 0);
-    const bytes = new Map<string, Uint8Array | undefined>();
+    const views = new Map<string, DocView>();
     for (const session of recipients) {
       const keys = [...session.dirty];
       session.dirty.clear();
       const to = recipients.filter((r) => r !== session).map((r) => r.peerId);
-      this.sendEntries(session.peerId, keys, { whole: true, to, bytes });
+      this.sendEntries(session.peerId, keys, { whole: true, to, views });
     }
   }
 
@@ -429,20 +435,25 @@ export class SyncEngine implements Component {
   /** What to send a peer for one document: a tombstone, a snapshot, or an Automerge sync message. */
   private entryFor(peerId: string, c: string, id: string, opts: SendOptions): Entry | undefined {
     const { store } = this.options;
-    const version = store.getVersion(c, id);
+    const key = keyOf(c, id);
+    let view = opts.views?.get(key);
+    if (!view) {
+      view = { version: store.getVersion(c, id) };
+      opts.views?.set(key, view);
+    }
+    const version = view.version;
     if (!version) {
       const t = store.getTombstone(c, id);
       if (!t || this.expired(t.deletedAt)) return undefined;
       return { t: "tomb", c, id, hlc: t.hlc, by: t.deletedBy, at: t.deletedAt };
     }
     if (this.options.syncModes.isLatestOnly(c)) {
-      const data = store.getDocBytes(c, id);
+      const data = (view.bytes ??= store.getDocBytes(c, id));
       return data ? { t: "snap", c, id, data, hlc: version.hlc, w: version.writer } : undefined;
     }
     const doc = store.syncDoc(c, id);
     if (!doc) return undefined;
-    const key = keyOf(c, id);
-    const heads = Automerge.getHeads(doc);
+    const heads = (view.heads ??= Automerge.getHeads(doc));
     const known = this.shared.get(peerId)?.get(key);
     if (known && Automerge.hasHeads(doc, known)) {
       if (sameHeads(known, heads)) return undefined;
@@ -452,11 +463,7 @@ export class SyncEngine implements Component {
     }
     if (opts.whole && !known && !this.states.get(peerId)?.has(key)) {
       // Nothing known of the peer's copy, typically a new document: send all of it at once.
-      let data = opts.bytes?.get(key);
-      if (!opts.bytes?.has(key)) {
-        data = store.getDocBytes(c, id);
-        opts.bytes?.set(key, data);
-      }
+      const data = (view.bytes ??= store.getDocBytes(c, id));
       if (data && data.byteLength <= WHOLE_DOC_PUSH_MAX_BYTES) {
         this.sharedFor(peerId).set(key, heads);
         return { t: "chg", c, id, data, heads, hlc: version.hlc, w: version.writer };
