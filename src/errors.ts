@@ -63,6 +63,11 @@ export class StorageError extends PeatError {
   override readonly name: string = "StorageError";
 }
 
+/** A group of writes could not be committed as a whole: none of it is stored. */
+export class GroupCommitError extends StorageError {
+  override readonly name = "GroupCommitError";
+}
+
 /** The disk is full: 507 Insufficient Storage, so clients can tell it from a bug. */
 export class InsufficientStorageError extends StorageError {
   override readonly status = 507;

@@ -41,7 +41,13 @@ function depthWithin(value: JsonValue, limit: number): boolean {
 
 /** Reads and checks a JSON-object body under the size cap. */
 async function readBody(request: Request, maxBytes: number): Promise<JsonObject> {
-  const bytes = await readCapped(request.body, maxBytes, () => new PayloadTooLargeError(`request body exceeds ${maxBytes} bytes`));
+  // A declared length is checked against the cap before routing, and HTTP framing holds the body
+  // to it: Bun's whole-body read is then much cheaper than pulling the stream chunk by chunk.
+  const declared = request.headers.get("content-length");
+  const bytes =
+    declared !== null && /^[0-9]{1,12}$/.test(declared) && Number(declared) <= maxBytes
+      ? new Uint8Array(await request.arrayBuffer())
+      : await readCapped(request.body, maxBytes, () => new PayloadTooLargeError(`request body exceeds ${maxBytes} bytes`));
   if (bytes.byteLength === 0) throw new BadRequestError("request body required: a JSON object");
   const text = decodeUtf8(bytes);
   if (text === undefined) throw new BadRequestError("request body is not valid UTF-8");

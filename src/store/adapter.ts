@@ -74,6 +74,14 @@ export interface StorageAdapter {
   /** Runs `fn` atomically: all its writes commit together or none do. Nested calls join the outer one. */
   transaction<T>(fn: () => T): T;
 
+  /**
+   * Group commit: the transactions `fn` runs are committed together when it returns or throws,
+   * which costs one commit instead of one each. Each stays atomic on its own: a failing one is
+   * undone alone and the others still commit. Throws GroupCommitError if the group as a whole
+   * could not be committed (nothing of it is then stored).
+   */
+  group<T>(fn: () => T): T;
+
   getDoc(collection: string, id: string): DocRow | undefined;
   /** The document's chunks, snapshot first; their concatenation is loadable by `Automerge.load`. */
   readChunks(collection: string, id: string): Uint8Array[];

@@ -246,6 +246,44 @@ export function runStorageAdapterConformance(name: string, factory: () => Confor
       expect(a.getTombstone("c", "t")).toBeDefined();
     });
 
+    test("group: its transactions commit together, and a failing one is undone alone", () => {
+      const a = open();
+      const boom = new Error("boom");
+      const result = a.group(() => {
+        a.transaction(() => a.writeDoc(row("c", "a"), { kind: "snapshot", data: bytes(1) }));
+        expect(() =>
+          a.transaction(() => {
+            a.writeDoc(row("c", "b"), { kind: "snapshot", data: bytes(2) });
+            a.putTombstone(tombstone("c", "t"));
+            throw boom;
+          }),
+        ).toThrow(boom);
+        a.transaction(() => a.putTombstone(tombstone("c", "u")));
+        return 7;
+      });
+      expect(result).toBe(7);
+      expect(a.getDoc("c", "a")).toBeDefined();
+      expect(a.getDoc("c", "b")).toBeUndefined();
+      expect(a.getTombstone("c", "t")).toBeUndefined();
+      expect(a.getTombstone("c", "u")).toBeDefined();
+      expect(a.totals()).toEqual({ documents: 1, tombstones: 1, bytes: 3 });
+    });
+
+    test("group: what succeeded is committed even when the group's function throws", () => {
+      const a = open();
+      const boom = new Error("boom");
+      expect(() =>
+        a.group(() => {
+          a.transaction(() => a.writeDoc(row("c", "a"), { kind: "snapshot", data: bytes(1) }));
+          throw boom;
+        }),
+      ).toThrow(boom);
+      expect(a.getDoc("c", "a")).toBeDefined();
+      // And a later plain transaction works as usual (the group left no transaction open).
+      a.transaction(() => a.putTombstone(tombstone("c", "t")));
+      expect(a.getTombstone("c", "t")).toBeDefined();
+    });
+
     test("data survives close and reopen (when the storage is persistent)", () => {
       const f = factory();
       fixture = f;

@@ -16,7 +16,7 @@
  */
 import { resolve } from "node:path";
 import { Automerge } from "../automerge.ts";
-import { BadRequestError, NotFoundError, StorageError } from "../errors.ts";
+import { BadRequestError, GroupCommitError, NotFoundError, StorageError } from "../errors.ts";
 import type { Component } from "../lifecycle.ts";
 import type { Logger } from "../log.ts";
 import type { ChunkWrite, DocRow, StorageAdapter, StorageTotals } from "./adapter.ts";
@@ -184,6 +184,8 @@ export class DocumentStore implements Component {
   private encodeRetryMs = ENCODE_RETRY_MS;
   /** Pending rows, approximately (exact after a full drain); drives the backpressure. */
   private pendingCount = 0;
+  /** Keys written pending by this process and not built yet (rows left pending by an earlier run are not here). */
+  private readonly pendingKeys = new Set<string>();
   private started = false;
   private writes = 0;
   private compactionRuns = 0;
@@ -243,6 +245,24 @@ export class DocumentStore implements Component {
     this.cache.clear();
     this.totalsCache = undefined;
     this.adapter.close();
+  }
+
+  /**
+   * Runs `fn` with its writes committed together at the end: one commit for many remote updates.
+   * If the group as a whole could not be committed, cached documents may carry changes that are
+   * not stored, so all are dropped and the next access reloads what is.
+   */
+  group<T>(fn: () => T): T {
+    this.requireOpen();
+    try {
+      return this.adapter.group(fn);
+    } catch (e) {
+      if (e instanceof GroupCommitError) {
+        this.cache.clear();
+        this.totalsCache = undefined;
+      }
+      throw e;
+    }
   }
 
   private requireOpen(): void {
@@ -408,6 +428,7 @@ export class DocumentStore implements Component {
       };
       this.commitDoc(undefined, row, { kind: "none" }, undefined, tombstone !== undefined && this.syncModes.isLatestOnly(collection), "local");
       this.pendingCount++;
+      this.pendingKeys.add(cacheKey(collection, id));
       if (this.pendingCount > MAX_PENDING) this.encodeInline();
       this.scheduleEncoder();
       return { created: true, document };
@@ -509,6 +530,7 @@ export class DocumentStore implements Component {
   private removeDoc(row: DocRow, tombstone: Tombstone, origin: ChangeOrigin): void {
     // A re-created FullHistory document may have its earlier delete's tombstone beside it: replaced.
     const hadTombstone = this.adapter.getTombstone(row.collection, row.id) !== undefined;
+    this.pendingKeys.delete(cacheKey(row.collection, row.id));
     this.adapter.transaction(() => {
       this.adapter.deleteDoc(row.collection, row.id);
       this.adapter.putTombstone(tombstone);
@@ -563,6 +585,7 @@ export class DocumentStore implements Component {
       throw e;
     }
     this.pendingCount = Math.max(0, this.pendingCount - built.length);
+    for (const b of built) this.pendingKeys.delete(cacheKey(b.row.collection, b.row.id));
     for (const b of built) {
       this.adjustTotals(0, 0, b.row.snapshotBytes);
       if (opts.cache) this.cacheReplace(b.row.collection, b.row.id, b.doc);
@@ -591,7 +614,10 @@ export class DocumentStore implements Component {
       if (rows.length > 0) this.materializeRows(rows, { cache: false });
       count += rows.length;
       if (keys.length < batch) {
-        if (opts.collection === undefined) this.pendingCount = 0;
+        if (opts.collection === undefined) {
+          this.pendingCount = 0;
+          this.pendingKeys.clear();
+        }
         break;
       }
     }
@@ -820,6 +846,37 @@ export class DocumentStore implements Component {
     return doc;
   }
 
+  /**
+   * The document for sync to read (heads, `saveSince`, sync messages) without refreshing its JS
+   * view, which sync never reads. Valid until the next store call that loads another document.
+   */
+  syncDoc(collection: string, id: string): Doc | undefined {
+    this.requireOpen();
+    checkKey("collection", collection);
+    checkKey("id", id);
+    // Cached documents are current (every commit replaces or drops them): no need to read the row.
+    const cached = this.cache.get(cacheKey(collection, id));
+    if (cached) return cached;
+    const stored = this.adapter.getDoc(collection, id);
+    if (!stored) return undefined;
+    return this.loadDoc(this.materialize(stored));
+  }
+
+  /**
+   * Builds the Automerge form of whichever of `keys` are still pending, in one transaction, and
+   * keeps them cached: sync is about to read each of them. Cheaper than building them one by one.
+   */
+  prepareForSync(keys: readonly { collection: string; id: string }[]): void {
+    this.requireOpen();
+    const rows: DocRow[] = [];
+    for (const k of keys) {
+      if (!this.pendingKeys.has(cacheKey(k.collection, k.id))) continue;
+      const row = this.adapter.getDoc(k.collection, k.id);
+      if (row && row.headsHash === PENDING) rows.push(row);
+    }
+    for (let i = 0; i < rows.length; i += ENCODE_BATCH) this.materializeRows(rows.slice(i, i + ENCODE_BATCH), { cache: true });
+  }
+
   /** Stored bytes (snapshot + increments), loadable with `Automerge.load`, without loading here. */
   getDocBytes(collection: string, id: string): Uint8Array | undefined {
     this.requireOpen();
@@ -879,7 +936,14 @@ export class DocumentStore implements Component {
    * and returns it after applying remote data (applyChanges, merge, receiveSyncMessage, ...).
    * The store persists whatever `mutate` added and records version max(stored, `version`).
    */
-  applyRemoteWith(collection: string, id: string, version: RemoteVersion, mutate: (doc: Doc) => Doc): ApplyOutcome {
+  applyRemoteWith(
+    collection: string,
+    id: string,
+    version: RemoteVersion,
+    mutate: (doc: Doc) => Doc,
+    /** Bytes that `mutate` loads whole into an empty document: stored as they are for a new one. */
+    loaded?: Uint8Array,
+  ): ApplyOutcome {
     this.requireOpen();
     checkKey("collection", collection);
     checkKey("id", id);
@@ -934,7 +998,7 @@ export class DocumentStore implements Component {
     const stored = prev
       ? this.chunkFor(prev, headsBefore, after)
       : (() => {
-          const snapshot = Automerge.save(after);
+          const snapshot = loaded ? loaded.slice() : Automerge.save(after);
           return { chunk: { kind: "snapshot", data: snapshot } as ChunkWrite, snapshotBytes: snapshot.length, incrementBytes: 0 };
         })();
     const row: DocRow = {

@@ -56,6 +56,12 @@ export class MemoryStorageAdapter implements StorageAdapter {
     }
   }
 
+  /** Each transaction already applies (or undoes) itself alone; there is no commit to share. */
+  group<T>(fn: () => T): T {
+    this.check();
+    return fn();
+  }
+
   /** Every mutation goes through these two, which record the inverse while a transaction runs. */
   private setEntry<V>(map: Map<string, V>, k: string, value: V | undefined): void {
     if (this.undo) {

@@ -16,7 +16,7 @@
 import { Database, SQLiteError, type Statement } from "bun:sqlite";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { InsufficientStorageError, PeatError, StorageError } from "../errors.ts";
+import { GroupCommitError, InsufficientStorageError, PeatError, StorageError } from "../errors.ts";
 import type { ChunkWrite, DocKey, DocRow, DocSize, ListedDoc, StorageAdapter, StorageTotals } from "./adapter.ts";
 import { compareCodePoints } from "./hlc.ts";
 import type { DigestRow, Tombstone } from "./types.ts";
@@ -100,6 +100,9 @@ interface Statements {
   begin: Stmt;
   commit: Stmt;
   rollback: Stmt;
+  savepoint: Stmt;
+  release: Stmt;
+  rollbackToSavepoint: Stmt;
   getDoc: Stmt;
   readChunks: Stmt;
   upsertDoc: Stmt;
@@ -136,6 +139,8 @@ export class SqliteStorageAdapter implements StorageAdapter {
   readonly kind = "SQLite";
   readonly path: string;
   private db: Database | undefined;
+  /** Inside group(): each transaction is a savepoint. */
+  private grouping = false;
   private s: Statements | undefined;
   private readonly synchronous: "NORMAL" | "FULL";
 
@@ -220,6 +225,9 @@ export class SqliteStorageAdapter implements StorageAdapter {
       begin: p("BEGIN"),
       commit: p("COMMIT"),
       rollback: p("ROLLBACK"),
+      savepoint: p("SAVEPOINT one"),
+      release: p("RELEASE one"),
+      rollbackToSavepoint: p("ROLLBACK TO one"),
       getDoc: p(`SELECT ${DOC_COLUMNS} FROM docs WHERE collection = ? AND id = ?`),
       readChunks: p(`SELECT data FROM chunks WHERE doc = (SELECT rid FROM docs WHERE collection = ? AND id = ?) ORDER BY seq`),
       upsertDoc: p(`INSERT INTO docs (collection, id, hlc, writer, actor, heads_hash, expires_at, snapshot_bytes, increment_bytes, json)
@@ -278,7 +286,7 @@ export class SqliteStorageAdapter implements StorageAdapter {
 
   transaction<T>(fn: () => T): T {
     const db = this.requireDb();
-    if (db.inTransaction) return fn();
+    if (db.inTransaction) return this.grouping ? this.savepoint(fn) : fn();
     const st = this.st;
     try {
       st.begin.run();
@@ -320,6 +328,58 @@ export class SqliteStorageAdapter implements StorageAdapter {
       if (errno === "EROFS") return new StorageError(`writing to the document store failed: the data directory's filesystem is read-only (EROFS, ${code})`);
       if (errno === "EPERM" || errno === "EACCES") return new StorageError(`writing to the document store failed: the data directory is read-only (${errno}, ${code})`);
       return error;
+    }
+  }
+
+  group<T>(fn: () => T): T {
+    const db = this.requireDb();
+    if (db.inTransaction) return fn();
+    const st = this.st;
+    try {
+      st.begin.run();
+    } catch (e) {
+      throw mapSqliteError(e, "starting a write transaction");
+    }
+    this.grouping = true;
+    try {
+      return fn();
+    } finally {
+      this.grouping = false;
+      // SQLite rolls a transaction back by itself after some errors (SQLITE_FULL, SQLITE_IOERR):
+      // then the group's earlier transactions are gone too, and the caller must know.
+      if (!db.inTransaction) throw new GroupCommitError("the write group was rolled back after a storage error");
+      try {
+        st.commit.run();
+      } catch (e) {
+        try {
+          st.rollback.run();
+        } catch {
+          // Already rolled back.
+        }
+        throw new GroupCommitError(`committing the write group failed: ${mapSqliteError(e, "committing").message}`);
+      }
+    }
+  }
+
+  /** A transaction inside a group: a savepoint, so that undoing it leaves the rest of the group. */
+  private savepoint<T>(fn: () => T): T {
+    const db = this.requireDb();
+    const st = this.st;
+    st.savepoint.run();
+    try {
+      const result = fn();
+      st.release.run();
+      return result;
+    } catch (e) {
+      if (db.inTransaction) {
+        try {
+          st.rollbackToSavepoint.run();
+          st.release.run();
+        } catch {
+          // The whole transaction was rolled back by SQLite; group() reports it.
+        }
+      }
+      throw mapSqliteError(e, "writing to the document store");
     }
   }
 

@@ -334,6 +334,55 @@ describe("reconcile", () => {
   });
 });
 
+describe("traffic", () => {
+  const counter = (n: TestNode, name: string, type: string) =>
+    Number(new RegExp(`^${name}\\{type="${type}"\\} (\\d+)$`, "m").exec(n.metrics.render())?.[1] ?? 0);
+
+  test("in a full mesh a push is not relayed to peers the writer already sent it to", async () => {
+    const net = network();
+    const [a, b, c] = [await node(net, "a"), await node(net, "b"), await node(net, "c")];
+    net.connect("a", "b");
+    net.connect("a", "c");
+    net.connect("b", "c");
+    // Reconciliation of the (empty) stores first, so that what follows is pure push.
+    await until(() => [a, b, c].every((n) => counter(n, "peat_sync_messages_received_total", "root") === 2), "the roots exchanged");
+    const relayed = (n: TestNode) => counter(n, "peat_sync_messages_sent_total", "batch");
+    const [bBefore, cBefore] = [relayed(b), relayed(c)];
+    for (let i = 0; i < 50; i++) a.store.put("alerts", `d${i}`, { i });
+    await until(() => b.store.count("alerts") === 50 && c.store.count("alerts") === 50, "50 docs on b and c");
+    // A new FullHistory document goes whole, in one message: no Automerge exchange answers it.
+    expect(counter(b, "peat_sync_messages_sent_total", "batch") - bBefore).toBe(0);
+    expect(counter(c, "peat_sync_messages_sent_total", "batch") - cBefore).toBe(0);
+    expect(relayed(b) - bBefore + relayed(c) - cBefore).toBe(0);
+  });
+
+  test("a node that was away catches up from one peer, in one round, not from every peer", async () => {
+    const net = network();
+    const [a, b, c] = [await node(net, "a"), await node(net, "b"), await node(net, "c")];
+    net.connect("a", "b");
+    net.connect("a", "c");
+    net.connect("b", "c");
+    await until(() => [a, b, c].every((n) => counter(n, "peat_sync_messages_received_total", "root") === 2), "the roots exchanged");
+    for (let i = 0; i < 500; i++) a.store.put("alerts", `d${String(i).padStart(4, "0")}`, { i, text: "payload payload" });
+    await until(() => c.store.count("alerts") === 500 && b.store.count("alerts") === 500, "500 docs everywhere", 20_000);
+    net.disconnect("a", "c");
+    net.disconnect("b", "c");
+    for (let i = 0; i < 500; i += 10) a.store.patch("alerts", `d${String(i).padStart(4, "0")}`, { changed: true });
+    await until(() => b.store.get("alerts", "d0490")?.changed === true, "the changes on b");
+    const sent = (n: TestNode, type: string) => counter(n, "peat_sync_messages_sent_total", type);
+    const before = { aItems: sent(a, "items"), bItems: sent(b, "items"), cItems: sent(c, "items"), bBatch: sent(b, "batch"), aBatch: sent(a, "batch") };
+    net.connect("a", "c");
+    net.connect("b", "c");
+    await until(() => c.store.get("alerts", "d0490")?.changed === true && c.store.get("alerts", "d0000")?.changed === true, "the 50 changes on c");
+    const state = (n: TestNode) => n.store.digest("alerts").map((r) => r.headsHash).join();
+    await until(() => state(c) === state(a), "c equal to a");
+    // Both a and b knew what c held: the first to connect sent the 50 deltas outright, with no
+    // listing of ids, and the other had nothing left to send.
+    expect(sent(a, "items") - before.aItems + sent(b, "items") - before.bItems + sent(c, "items") - before.cItems).toBe(0);
+    expect(sent(a, "batch") - before.aBatch + sent(b, "batch") - before.bBatch).toBe(1);
+  });
+});
+
 describe("a malformed message drops the peer, never the node", () => {
   test.each([
     ["garbage bytes", new Uint8Array([0xc1, 0xff, 0x00])],

@@ -14,7 +14,7 @@ import { Automerge } from "../automerge.ts";
 import type { Component } from "../lifecycle.ts";
 import type { Logger } from "../log.ts";
 import type { Counter, Metrics } from "../metrics.ts";
-import { TrackedTimers } from "../timers.ts";
+import { type TimerHandle, TrackedTimers } from "../timers.ts";
 import {
   type ApplyOutcome,
   type DocumentStore,
@@ -23,6 +23,7 @@ import {
   InvalidKeyError,
   InvalidRemoteDataError,
   type SyncModeRegistry,
+  headsHash,
 } from "../store/index.ts";
 import type { Transport } from "../transport/types.ts";
 import { FingerprintIndex, type Item, hex64 } from "./fingerprints.ts";
@@ -51,6 +52,22 @@ const MAX_REMEMBERED_PEERS = 64;
 const HANDLE_SLICE_MS = 20;
 /** A peer whose unhandled messages exceed this is dropped: it sends faster than we can handle. */
 const MAX_INBOX_BYTES = 128 * 1024 * 1024;
+/**
+ * A FullHistory document up to this size is pushed to a peer with no sync history for it as the
+ * whole stored document, in one message, instead of opening a three-message Automerge exchange.
+ * Past it, the exchange's have/need negotiation is worth its round trips.
+ */
+const WHOLE_DOC_PUSH_MAX_BYTES = 32 * 1024;
+/** With no peer to push to, changed keys wait for the index; past this many it is rebuilt instead. */
+const MAX_STALE_KEYS = 50_000;
+/**
+ * A node (re)joining catches up from the first peer it connects to before reconciling with the
+ * others, so that it is not sent the same missing documents by every peer at once. Past this
+ * long, it reconciles with the others anyway.
+ */
+const CATCH_UP_MAX_MS = 5000;
+/** Catching up also ends once the first peer has sent nothing for this long after its last batch. */
+const CATCH_UP_QUIET_MS = 500;
 
 export interface SyncEngineOptions {
   store: DocumentStore;
@@ -68,6 +85,28 @@ const keyOf = (c: string, id: string) => `${c}\0${id}`;
 /** The version a FullHistory entry carries, with the epoch of its history if it was re-created. */
 const remoteVersion = (entry: { hlc: string; w: string; e?: string }) =>
   entry.e === undefined ? { hlc: entry.hlc, writer: entry.w } : { hlc: entry.hlc, writer: entry.w, epoch: entry.e };
+function splitKey(key: string): { collection: string; id: string } {
+  const sep = key.indexOf("\0");
+  return { collection: key.slice(0, sep), id: key.slice(sep + 1) };
+}
+
+interface DocView {
+  version: ReturnType<DocumentStore["getVersion"]>;
+  heads?: string[];
+  bytes?: Uint8Array;
+}
+
+interface SendOptions {
+  /**
+   * Nothing is known of the peer's copies (a push) or it has none (it did not list them, or asked
+   * for them): a small FullHistory document with no sync history with the peer goes whole.
+   */
+  whole?: boolean;
+  /** The other peers this push goes to, for the receiver's relay decision. */
+  to?: string[];
+  /** What this flush already read of each document, shared by its peers. */
+  views?: Map<string, DocView>;
+}
 
 function getOrCreate<V>(map: Map<string, Map<string, V>>, key: string): Map<string, V> {
   let inner = map.get(key);
@@ -109,6 +148,12 @@ interface Session {
   peerId: string;
   /** Keys to send to this peer on the next flush (its own echoes excluded). */
   dirty: Set<string>;
+  /** The last root the peer sent. */
+  root?: { fp: string; n: number };
+  /** Whether what we know the peer lacks has been pushed since it connected. */
+  knownDifferencesSent: boolean;
+  /** Reconciliation with this peer waits until we have caught up from another. */
+  deferred: boolean;
 }
 
 export class SyncEngine implements Component {
@@ -129,6 +174,8 @@ export class SyncEngine implements Component {
   /** `peat_timers{component="sync"}`. */
   readonly timers = new TrackedTimers();
   private flushScheduled = false;
+  /** Keys whose fingerprint must be re-read before the index is next used. */
+  private readonly stale = new Set<string>();
   /** The peer whose data the store is applying right now: its echo is not sent back to it. */
   private applyingFrom: string | undefined;
   /** Messages received but not handled yet, per peer (see HANDLE_SLICE_MS). */
@@ -137,6 +184,10 @@ export class SyncEngine implements Component {
   /** Time spent handling messages since the event loop last came round (reset by setImmediate). */
   private handledMs = 0;
   private handledResetScheduled = false;
+  /** Peers the batch being applied was also pushed to: not relayed there either. */
+  private alsoSentTo: ReadonlySet<string> | undefined;
+  /** The peer we are catching up from (see CATCH_UP_MAX_MS), and when that ends at the latest. */
+  private catchUp: { peerId: string; timer: TimerHandle; quiet?: TimerHandle } | undefined;
   private readonly log: Logger;
   private readonly counters: {
     messagesIn: Counter;
@@ -181,6 +232,9 @@ export class SyncEngine implements Component {
     this.timers.clear(this.timer);
     this.timers.clear(this.rebuildTimer);
     this.inboxes.clear();
+    this.timers.clear(this.catchUp?.timer);
+    this.timers.clear(this.catchUp?.quiet);
+    this.catchUp = undefined;
     for (const off of this.unsubscribe.splice(0)) off();
     this.sessions.clear();
   }
@@ -189,7 +243,15 @@ export class SyncEngine implements Component {
 
   private peerConnected(peerId: string): void {
     if (this.sessions.has(peerId)) return;
-    this.sessions.set(peerId, { peerId, dirty: new Set() });
+    const alone = this.sessions.size === 0;
+    const session: Session = { peerId, dirty: new Set(), knownDifferencesSent: false, deferred: !alone && this.catchUp !== undefined };
+    this.sessions.set(peerId, session);
+    if (alone) {
+      this.timers.clear(this.catchUp?.timer);
+      this.timers.clear(this.catchUp?.quiet);
+      const timer = this.timers.timeout(() => this.caughtUp(), CATCH_UP_MAX_MS);
+      this.catchUp = { peerId, timer };
+    }
     // After a reconnect the peer may have lost what was in flight: keep only what both sides
     // certainly share (the Automerge-recommended reset), so nothing is assumed delivered.
     const states = this.states.get(peerId);
@@ -200,13 +262,67 @@ export class SyncEngine implements Component {
       this.states.set(peerId, reset);
     }
     this.send(peerId, { t: "hello", v: PROTOCOL_VERSION });
+    if (session.deferred) return;
+    this.refreshIndex();
     this.send(peerId, { t: "root", ...this.index.root() });
+  }
+
+  /** Catching up ended (we hold what the first peer holds, or time ran out): reconcile with the rest. */
+  private caughtUp(): void {
+    if (!this.catchUp) return;
+    this.timers.clear(this.catchUp.timer);
+    this.timers.clear(this.catchUp.quiet);
+    this.catchUp = undefined;
+    const deferred = [...this.sessions.values()].filter((s) => s.deferred);
+    if (deferred.length === 0) return;
+    this.refreshIndex();
+    const root = this.index.root();
+    for (const s of deferred) {
+      s.deferred = false;
+      this.send(s.peerId, { t: "root", ...root });
+      // A root it sent while deferred was left unanswered: answer it now.
+      this.compareRoots(s);
+    }
+  }
+
+  private checkCaughtUp(): void {
+    const source = this.catchUp && this.sessions.get(this.catchUp.peerId);
+    if (!this.catchUp || !source?.root) return;
+    this.refreshIndex();
+    const mine = this.index.root();
+    if (mine.fp === source.root.fp && mine.n === source.root.n) return this.caughtUp();
+    // Its root may be outdated (we sent it something too): settle for a pause in what it sends.
+    this.timers.clear(this.catchUp.quiet);
+    this.catchUp.quiet = this.timers.timeout(() => this.caughtUp(), CATCH_UP_QUIET_MS);
+  }
+
+  /**
+   * Sends a peer whose root differs from ours the documents we know it holds an older version of
+   * (from earlier syncs, kept across reconnects) as deltas, before any narrowing: a node that was
+   * away catches up in one round instead of after listing whole collections.
+   */
+  private sendKnownDifferences(peerId: string, theirs: { n: number }): void {
+    const shared = this.shared.get(peerId);
+    if (!shared || shared.size === 0) return;
+    if (theirs.n === 0) {
+      // It lost everything it had: what we knew of it no longer holds.
+      this.shared.delete(peerId);
+      this.states.delete(peerId);
+      return;
+    }
+    const keys: string[] = [];
+    for (const [key, heads] of shared) {
+      const { collection, id } = splitKey(key);
+      if (!this.index.holdsHeads(collection, id, headsHash(heads))) keys.push(key);
+    }
+    if (keys.length > 0) this.sendEntries(peerId, keys);
   }
 
   private peerDisconnected(peerId: string): void {
     this.sessions.delete(peerId);
     // What a dropped connection delivered but we had not handled goes with it, as on the wire.
     this.inboxes.delete(peerId);
+    if (this.catchUp?.peerId === peerId) this.caughtUp();
     // Keep what we know of the peer for a quick resume; forget the longest-gone peers beyond the bound.
     touchRecent(this.states, peerId, MAX_REMEMBERED_PEERS);
     touchRecent(this.shared, peerId, MAX_REMEMBERED_PEERS);
@@ -242,8 +358,8 @@ export class SyncEngine implements Component {
   // ------------------------------------------------------------------ push
 
   private changed(collection: string, id: string, action: "upsert" | "delete" = "upsert"): void {
-    this.index.update(collection, id);
     const key = keyOf(collection, id);
+    this.stale.add(key);
     if (action === "delete") {
       // The document's history is gone with it. What we knew of each peer's copy (heads it holds,
       // Automerge sync state) describes that history; kept, it would stall the sync of a document
@@ -252,9 +368,26 @@ export class SyncEngine implements Component {
       for (const states of this.states.values()) states.delete(key);
     }
     for (const session of this.sessions.values()) {
-      if (session.peerId !== this.applyingFrom) session.dirty.add(key);
+      if (session.peerId === this.applyingFrom || this.alsoSentTo?.has(session.peerId)) continue;
+      // A deferred peer reconciles with us once we have caught up: relaying what we catch up on
+      // would send it, one by one, what it most likely holds already.
+      if (this.applyingFrom !== undefined && session.deferred) continue;
+      session.dirty.add(key);
     }
     this.scheduleFlush();
+  }
+
+  /**
+   * Brings the index up to date with the keys that changed since it was last used. Done in bulk,
+   * off the write path: building many documents' Automerge form at once is far cheaper than one
+   * by one, and a node with no peers need not build them at all until one connects.
+   */
+  private refreshIndex(): void {
+    if (this.stale.size === 0) return;
+    const keys = [...this.stale].map(splitKey);
+    this.stale.clear();
+    this.options.store.prepareForSync(keys);
+    for (const { collection, id } of keys) this.index.update(collection, id);
   }
 
   private scheduleFlush(): void {
@@ -269,11 +402,21 @@ export class SyncEngine implements Component {
   }
 
   private flush(): void {
-    for (const session of this.sessions.values()) {
-      if (session.dirty.size === 0) continue;
+    if (this.sessions.size === 0) {
+      if (this.stale.size > MAX_STALE_KEYS) {
+        this.stale.clear();
+        this.index.invalidate();
+      }
+      return;
+    }
+    this.refreshIndex();
+    const recipients = [...this.sessions.values()].filter((s) => s.dirty.size > 0);
+    const views = new Map<string, DocView>();
+    for (const session of recipients) {
       const keys = [...session.dirty];
       session.dirty.clear();
-      this.sendEntries(session.peerId, keys);
+      const to = recipients.filter((r) => r !== session).map((r) => r.peerId);
+      this.sendEntries(session.peerId, keys, { whole: true, to, views });
     }
   }
 
@@ -283,63 +426,78 @@ export class SyncEngine implements Component {
    * dropped, so the Automerge exchange starts from scratch. Otherwise a delta from what we believe
    * it holds goes out, and a peer that lacks its base answers with an exchange instead.
    */
-  private sendRequested(peerId: string, keys: string[]): void {
+  private sendRequested(peerId: string, keys: string[], opts: { lacking: boolean }): void {
     const shared = this.shared.get(peerId);
     for (const key of keys) {
       const known = shared?.get(key);
-      if (!known) continue;
-      const sep = key.indexOf("\0");
-      const doc = this.options.store.getDoc(key.slice(0, sep), key.slice(sep + 1));
-      if (!doc || sameHeads(known, Automerge.getHeads(doc))) {
-        shared?.delete(key);
-        this.states.get(peerId)?.delete(key);
+      if (!known && !opts.lacking) continue;
+      if (!opts.lacking) {
+        const { collection, id } = splitKey(key);
+        const doc = this.options.store.syncDoc(collection, id);
+        if (doc && !sameHeads(known as string[], Automerge.getHeads(doc))) continue;
       }
+      shared?.delete(key);
+      this.states.get(peerId)?.delete(key);
     }
-    this.sendEntries(peerId, keys);
+    this.sendEntries(peerId, keys, { whole: opts.lacking });
   }
 
   /** Sends the current state of each key to the peer, in batches of bounded size. */
-  private sendEntries(peerId: string, keys: string[]): void {
+  private sendEntries(peerId: string, keys: string[], opts: SendOptions = {}): void {
+    const batch = (entries: Entry[]): Message => (opts.to?.length ? { t: "batch", entries, to: opts.to } : { t: "batch", entries });
     let entries: Entry[] = [];
     let bytes = 0;
     for (const key of keys) {
-      const sep = key.indexOf("\0");
-      const entry = this.entryFor(peerId, key.slice(0, sep), key.slice(sep + 1));
+      const { collection, id } = splitKey(key);
+      const entry = this.entryFor(peerId, collection, id, opts);
       if (!entry) continue;
       entries.push(entry);
       bytes += entry.t === "am" ? entry.m.byteLength : entry.t === "tomb" ? 64 : entry.data.byteLength;
       if (bytes >= BATCH_BYTES || entries.length >= MAX_BATCH_ENTRIES) {
-        if (!this.send(peerId, { t: "batch", entries })) return;
+        if (!this.send(peerId, batch(entries))) return;
         entries = [];
         bytes = 0;
       }
     }
-    if (entries.length > 0) this.send(peerId, { t: "batch", entries });
+    if (entries.length > 0) this.send(peerId, batch(entries));
   }
 
   /** What to send a peer for one document: a tombstone, a snapshot, or an Automerge sync message. */
-  private entryFor(peerId: string, c: string, id: string): Entry | undefined {
+  private entryFor(peerId: string, c: string, id: string, opts: SendOptions): Entry | undefined {
     const { store } = this.options;
-    const version = store.getVersion(c, id);
+    const key = keyOf(c, id);
+    let view = opts.views?.get(key);
+    if (!view) {
+      view = { version: store.getVersion(c, id) };
+      opts.views?.set(key, view);
+    }
+    const version = view.version;
     if (!version) {
       const t = store.getTombstone(c, id);
       if (!t || this.expired(t.deletedAt)) return undefined;
       return { t: "tomb", c, id, hlc: t.hlc, by: t.deletedBy, at: t.deletedAt };
     }
     if (this.options.syncModes.isLatestOnly(c)) {
-      const data = store.getDocBytes(c, id);
+      const data = (view.bytes ??= store.getDocBytes(c, id));
       return data ? { t: "snap", c, id, data, hlc: version.hlc, w: version.writer } : undefined;
     }
-    const doc = store.getDoc(c, id);
+    const doc = store.syncDoc(c, id);
     if (!doc) return undefined;
-    const key = keyOf(c, id);
-    const heads = Automerge.getHeads(doc);
+    const heads = (view.heads ??= Automerge.getHeads(doc));
     const known = this.shared.get(peerId)?.get(key);
     if (known && Automerge.hasHeads(doc, known)) {
       if (sameHeads(known, heads)) return undefined;
       // Assume delivery; a receiver missing dependencies answers with an Automerge exchange instead.
       this.sharedFor(peerId).set(key, heads);
       return { t: "chg", c, id, data: Automerge.saveSince(doc, known), heads, hlc: version.hlc, w: version.writer, ...this.epochOf(c, id) };
+    }
+    if (opts.whole && !known && !this.states.get(peerId)?.has(key)) {
+      // Nothing known of the peer's copy, typically a new document: send all of it at once.
+      const data = (view.bytes ??= store.getDocBytes(c, id));
+      if (data && data.byteLength <= WHOLE_DOC_PUSH_MAX_BYTES) {
+        this.sharedFor(peerId).set(key, heads);
+        return { t: "chg", c, id, data, heads, hlc: version.hlc, w: version.writer, ...this.epochOf(c, id) };
+      }
     }
     const states = this.statesFor(peerId);
     const [state, message] = Automerge.generateSyncMessage(doc, states.get(key) ?? Automerge.initSyncState());
@@ -457,35 +615,51 @@ export class SyncEngine implements Component {
         if (message.v !== PROTOCOL_VERSION) throw new ProtocolError(`unsupported protocol version ${message.v}`);
         return;
       case "root": {
-        // Both sides send roots; only the one with the smaller node id drives the narrowing, so
-        // the work is not done twice.
-        const mine = this.index.root();
-        if ((mine.fp !== message.fp || mine.n !== message.n) && this.options.store.nodeId < peerId) {
-          this.send(peerId, { t: "cols", cols: this.index.cols() });
-        }
-        return;
+        const session = this.sessions.get(peerId) as Session;
+        session.root = { fp: message.fp, n: message.n };
+        return this.compareRoots(session);
       }
       case "cols":
+        this.refreshIndex();
         return this.compareCollections(peerId, message.cols);
       case "ranges":
+        this.refreshIndex();
         return this.compareRanges(peerId, message.c, message.ranges);
       case "items":
+        this.refreshIndex();
         return this.compareItems(peerId, message.c, message.lo, message.hi, message.items);
       case "want":
         return this.sendRequested(
           peerId,
           message.ids.map((id) => keyOf(message.c, id)),
+          { lacking: true },
         );
       case "batch": {
         // Replies and push-backs for the whole batch go out together, as one message.
         const replies: Entry[] = [];
         const pushBack: string[] = [];
-        for (const entry of message.entries) this.apply(peerId, entry, replies, pushBack);
+        const alsoSentTo = message.to?.filter((p) => p !== peerId && this.sessions.has(p)) ?? [];
+        this.alsoSentTo = alsoSentTo.length ? new Set(alsoSentTo) : undefined;
+        try {
+          // One commit for the whole batch: per-document commits were most of a receiver's cost.
+          this.options.store.group(() => {
+            for (const entry of message.entries) {
+              this.apply(peerId, entry, replies, pushBack);
+              // Those peers were sent these changes too: later deltas to them can start from here.
+              if (entry.t === "chg") {
+                for (const other of alsoSentTo) this.sharedFor(other).set(keyOf(entry.c, entry.id), entry.heads);
+              }
+            }
+          });
+        } finally {
+          this.alsoSentTo = undefined;
+        }
+        if (this.catchUp?.peerId === peerId) this.checkCaughtUp();
         this.sendBatch(peerId, replies);
         // The peer has just shown it holds something else than our current state (a tombstone or
         // an older version), so any belief that it holds our heads is wrong (a push assumed
         // delivered was lost with a connection): sendRequested drops such beliefs before sending.
-        if (pushBack.length > 0) this.sendRequested(peerId, pushBack);
+        if (pushBack.length > 0) this.sendRequested(peerId, pushBack, { lacking: false });
         return;
       }
     }
@@ -542,18 +716,21 @@ export class SyncEngine implements Component {
    */
   private compareItems(peerId: string, c: string, lo: string, hi: string, items: [string, string][]): void {
     const theirs = new Map(items);
-    const send: string[] = [];
+    const differing: string[] = [];
+    const lacking: string[] = [];
     for (const id of this.index.idsIn(c, lo, hi)) {
       const fp = theirs.get(id);
       theirs.delete(id);
-      if (fp !== hex64((this.index.item(c, id) as Item).fp)) send.push(id);
+      if (fp === undefined) lacking.push(id);
+      else if (fp !== hex64((this.index.item(c, id) as Item).fp)) differing.push(id);
     }
     for (const id of theirs.keys()) {
       // An item outside the range it was sent for can only come from a confused or hostile peer.
       if ((lo !== "" && id < lo) || (hi !== "" && id >= hi)) throw new ProtocolError(`item '${id}' outside range`);
     }
     const want = [...theirs.keys()];
-    if (send.length > 0) this.sendRequested(peerId, send.map((id) => keyOf(c, id)));
+    if (differing.length > 0) this.sendRequested(peerId, differing.map((id) => keyOf(c, id)), { lacking: false });
+    if (lacking.length > 0) this.sendRequested(peerId, lacking.map((id) => keyOf(c, id)), { lacking: true });
     for (let i = 0; i < want.length; i += MAX_ITEMS) this.send(peerId, { t: "want", c, ids: want.slice(i, i + MAX_ITEMS) });
   }
 
@@ -586,7 +763,7 @@ export class SyncEngine implements Component {
     } finally {
       this.applyingFrom = undefined;
     }
-    this.index.update(entry.c, entry.id);
+    this.stale.add(keyOf(entry.c, entry.id));
     if (outcome === "applied") this.counters.entriesApplied.inc(1, { kind: entry.t });
     // We hold something newer than what arrived (a later write, or a delete): send it back, so
     // the peer converges now rather than at the next reconciliation.
@@ -608,7 +785,7 @@ export class SyncEngine implements Component {
     states.set(key, state);
     if (outcome === "superseded") return outcome;
     // Answer within the same exchange: acknowledge, ask for what is missing, or send what they lack.
-    const doc = store.getDoc(entry.c, entry.id);
+    const doc = store.syncDoc(entry.c, entry.id);
     const version = store.getVersion(entry.c, entry.id);
     const base = doc ?? Automerge.init<unknown>();
     const [replyState, reply] = Automerge.generateSyncMessage(base, state);
@@ -626,12 +803,25 @@ export class SyncEngine implements Component {
   private applyDelta(peerId: string, entry: Extract<Entry, { t: "chg" }>, replies: Entry[]): ApplyOutcome {
     const { store } = this.options;
     const key = keyOf(entry.c, entry.id);
-    const outcome = store.applyRemoteWith(entry.c, entry.id, remoteVersion(entry), (doc: Doc) =>
-      Automerge.loadIncremental(doc, entry.data),
+    const outcome = store.applyRemoteWith(
+      entry.c,
+      entry.id,
+      remoteVersion(entry),
+      (doc: Doc) => {
+        // Through the handle: the JS view is never read here (the store renders from the handle).
+        Automerge.getBackend(doc).loadIncremental(entry.data);
+        return doc;
+      },
+      entry.data,
     );
     if (outcome === "superseded") return outcome;
-    const doc = store.getDoc(entry.c, entry.id);
     const version = store.getVersion(entry.c, entry.id);
+    if (outcome !== "missing-deps" && version?.headsHash === headsHash(entry.heads)) {
+      // The usual case: we now hold exactly what the sender holds. Nothing to load or answer.
+      this.sharedFor(peerId).set(key, entry.heads);
+      return outcome;
+    }
+    const doc = store.syncDoc(entry.c, entry.id);
     if (outcome === "missing-deps" || !doc || !version || !Automerge.hasHeads(doc, entry.heads)) {
       // The sender's idea of what we hold was wrong (we lost data, or it never arrived): fall back
       // to the Automerge exchange, which works out what each side lacks from scratch.
@@ -659,9 +849,30 @@ export class SyncEngine implements Component {
 
   // ------------------------------------------------------------------ reconcile
 
+  /**
+   * Both sides send roots; only the one with the smaller node id drives the narrowing, so the
+   * work is not done twice.
+   */
+  private compareRoots(session: Session): void {
+    const theirs = session.root;
+    if (!theirs || session.deferred) return;
+    this.refreshIndex();
+    const mine = this.index.root();
+    if (mine.fp === theirs.fp && mine.n === theirs.n) {
+      if (this.catchUp?.peerId === session.peerId) this.caughtUp();
+      return;
+    }
+    if (!session.knownDifferencesSent) {
+      session.knownDifferencesSent = true;
+      this.sendKnownDifferences(session.peerId, theirs);
+    }
+    if (this.options.store.nodeId < session.peerId) this.send(session.peerId, { t: "cols", cols: this.index.cols() });
+  }
+
   private reconcileAll(): void {
     if (this.sessions.size === 0) return;
+    this.refreshIndex();
     const root = this.index.root();
-    for (const peerId of this.sessions.keys()) this.send(peerId, { t: "root", ...root });
+    for (const s of this.sessions.values()) if (!s.deferred) this.send(s.peerId, { t: "root", ...root });
   }
 }

@@ -125,6 +125,11 @@ export class FingerprintIndex {
     this.set(this.collection(collection), id, this.fingerprintOf(collection, id));
   }
 
+  /** Whether the document's current state is the FullHistory state with these heads. */
+  holdsHeads(collection: string, id: string, headsHash: string): boolean {
+    return this.item(collection, id)?.fp === this.docItem(collection, id, headsHash, "", "").fp;
+  }
+
   item(collection: string, id: string): Item | undefined {
     this.build();
     return this.collections.get(collection)?.items.get(id);

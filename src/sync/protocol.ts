@@ -15,6 +15,8 @@ const MAX_WRITER_LENGTH = 256;
 export const MAX_BATCH_ENTRIES = 4096;
 export const MAX_RANGES = 64;
 export const MAX_ITEMS = 4096;
+/** Bound on the peer list of a batch's relay hint. */
+export const MAX_PEERS = 256;
 
 export interface Version {
   /** Hybrid logical clock of the last write. */
@@ -71,7 +73,12 @@ export type Message =
   | { t: "items"; c: string; lo: string; hi: string; items: [string, string][] }
   /** Ids whose current state (document or tombstone) the receiver should send. */
   | { t: "want"; c: string; ids: string[] }
-  | { t: "batch"; entries: Entry[] };
+  /**
+   * Document updates. `to`, on a push, names the sender's other peers that were sent the same
+   * updates at the same time: the receiver does not relay them there (a hint; reconciliation
+   * covers a push that was lost).
+   */
+  | { t: "batch"; entries: Entry[]; to?: string[] };
 
 export class ProtocolError extends Error {
   override readonly name = "ProtocolError";
@@ -142,7 +149,12 @@ export function isMessage(v: unknown): v is Message {
     case "want":
       return isName(v.c) && Array.isArray(v.ids) && v.ids.length <= MAX_ITEMS && v.ids.every(isName);
     case "batch":
-      return Array.isArray(v.entries) && v.entries.length <= MAX_BATCH_ENTRIES && v.entries.every(isEntry);
+      return (
+        Array.isArray(v.entries) &&
+        v.entries.length <= MAX_BATCH_ENTRIES &&
+        v.entries.every(isEntry) &&
+        (v.to === undefined || (Array.isArray(v.to) && v.to.length <= MAX_PEERS && v.to.every(isWriter)))
+      );
     default:
       return false;
   }
