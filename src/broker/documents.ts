@@ -39,6 +39,15 @@ function depthWithin(value: JsonValue, limit: number): boolean {
   return true;
 }
 
+async function readDeclared(request: Request): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await request.arrayBuffer());
+  } catch (err) {
+    // The client hung up mid-body: its request, not a fault of the node.
+    throw new BadRequestError(`body could not be read: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
 /** Reads and checks a JSON-object body under the size cap. */
 async function readBody(request: Request, maxBytes: number): Promise<JsonObject> {
   // A declared length is checked against the cap before routing, and HTTP framing holds the body
@@ -46,7 +55,7 @@ async function readBody(request: Request, maxBytes: number): Promise<JsonObject>
   const declared = request.headers.get("content-length");
   const bytes =
     declared !== null && /^[0-9]{1,12}$/.test(declared) && Number(declared) <= maxBytes
-      ? new Uint8Array(await request.arrayBuffer())
+      ? await readDeclared(request)
       : await readCapped(request.body, maxBytes, () => new PayloadTooLargeError(`request body exceeds ${maxBytes} bytes`));
   if (bytes.byteLength === 0) throw new BadRequestError("request body required: a JSON object");
   const text = decodeUtf8(bytes);
