@@ -950,6 +950,7 @@ export class DocumentStore implements Component {
     checkVersion(version);
     this.clock.receiveRemote(version.hlc);
     let tombstone = this.adapter.getTombstone(collection, id);
+    if (tombstone) this.dropStaleCopy(collection, id, tombstone);
     if (tombstone && compareVersions(version, tombstoneVersion(tombstone)) <= 0) return "superseded";
     const epoch = version.epoch === undefined ? undefined : epochTombstone(collection, id, version.epoch);
     if (epoch && compareVersions(tombstoneVersion(epoch), version) >= 0) {
@@ -1080,6 +1081,19 @@ export class DocumentStore implements Component {
   }
 
   /**
+   * A document beside a tombstone must have been written after that delete (a re-creation). One
+   * older than it is the deleted history that survived (a crash between the two writes, say):
+   * kept, it would be offered to peers that refuse it for ever. It is deleted now.
+   */
+  private dropStaleCopy(collection: string, id: string, tombstone: Tombstone): boolean {
+    const copy = this.adapter.getDoc(collection, id);
+    if (!copy || compareVersions(copy, tombstoneVersion(tombstone)) >= 0) return false;
+    this.log.warn("Deleting a document older than the tombstone beside it", { collection, id, version: copy.hlc, tombstone: tombstone.hlc });
+    this.removeDoc(copy, tombstone, "remote");
+    return true;
+  }
+
+  /**
    * A peer's delete. It wins over a stored copy with an older version (the copy is removed) and
    * replaces an older tombstone; a copy newer than the tombstone survives and the tombstone is
    * dropped (that write re-created the document after the delete).
@@ -1098,7 +1112,10 @@ export class DocumentStore implements Component {
     if (existing) {
       const order = compareVersions(tombstoneVersion(tombstone), tombstoneVersion(existing));
       // Our tombstone, beside a document re-created after it: the sender lacks that document.
-      if (order === 0) return this.adapter.getDoc(t.collection, t.id) ? "superseded" : "unchanged";
+      if (order === 0) {
+        if (this.dropStaleCopy(t.collection, t.id, existing)) return "applied";
+        return this.adapter.getDoc(t.collection, t.id) ? "superseded" : "unchanged";
+      }
       if (order < 0) return "superseded";
     }
     const row = this.adapter.getDoc(t.collection, t.id);

@@ -370,3 +370,34 @@ describe("clock and metadata", () => {
     expect(b.sweep().expired).toBe(1);
   });
 });
+
+describe("a document older than the tombstone beside it (the deleted history survived)", () => {
+  /** Puts a tombstone newer than the stored copy straight into storage, as a crash could leave it. */
+  async function staleBesideTombstone(): Promise<{ store: DocumentStore; tombstone: { hlc: string; by: string; at: number } }> {
+    const store = await openStore("node-a");
+    store.put("notes", "n", { old: true });
+    store.flushPending();
+    const copy = store.getVersion("notes", "n")!;
+    const later = formatHlc({ wallMs: Date.now() + 1000, counter: 0, nodeId: "node-b" });
+    expect(compareCodePoints(later, copy.hlc)).toBeGreaterThan(0);
+    const adapter = (store as unknown as { adapter: { putTombstone(t: object): void } }).adapter;
+    adapter.putTombstone({ collection: "notes", id: "n", deletedAt: Date.now(), deletedBy: "node-b", hlc: later });
+    return { store, tombstone: { hlc: later, by: "node-b", at: Date.now() } };
+  }
+
+  test("is deleted when the same tombstone arrives again, instead of being offered back", async () => {
+    const { store, tombstone } = await staleBesideTombstone();
+    const outcome = store.applyRemoteTombstone({ collection: "notes", id: "n", deletedAt: tombstone.at, deletedBy: tombstone.by, hlc: tombstone.hlc });
+    expect(outcome).toBe("applied");
+    expect(store.get("notes", "n")).toBeUndefined();
+    expect(store.getTombstone("notes", "n")?.hlc).toBe(tombstone.hlc);
+  });
+
+  test("is deleted when remote changes arrive, so they do not merge into it", async () => {
+    const { store, tombstone } = await staleBesideTombstone();
+    const older = formatHlc({ wallMs: Date.now() - 60_000, counter: 0, nodeId: "node-c" });
+    expect(store.applyRemoteChanges("notes", "n", [], older, "node-c")).toBe("superseded");
+    expect(store.get("notes", "n")).toBeUndefined();
+    expect(store.getTombstone("notes", "n")?.hlc).toBe(tombstone.hlc);
+  });
+});
