@@ -40,7 +40,7 @@ import {
   waitConverged,
 } from "./lib/crash.ts";
 
-const ROUNDS = envInt("PEAT_CHAOS_CHURN_ROUNDS", 10);
+const ROUNDS = envInt("PEAT_CHAOS_CHURN_ROUNDS", 10, 1);
 const NAMES = ["alpha", "bravo", "charlie"];
 /** Generous deadlines on waiting (loaded 2-core CI); strict checks on outcomes. */
 const RECONNECT_TIMEOUT_MS = 60_000;

@@ -34,7 +34,7 @@ import {
   orderedSecret,
 } from "./lib/crash.ts";
 
-const CRASHES = envInt("PEAT_CHAOS_CRASHES", 20);
+const CRASHES = envInt("PEAT_CHAOS_CRASHES", 20, 1);
 const NAMES = ["alpha", "bravo", "charlie"];
 const COLLECTIONS = ["notes", "tracks"]; // FullHistory and LatestOnly
 const DOCS_PER_COLLECTION = { alpha: 12, bravo: 4 };

@@ -8,27 +8,10 @@ import { readdirSync } from "node:fs";
 import { createSocket } from "node:dgram";
 import { deriveIdentity, decodeStrictBase64 } from "../../../src/identity/index.ts";
 import { type NodeProcess, startNode, tempDir, waitFor } from "../../harness/node-process.ts";
+import { type SyncState, envInt, percentile, printFigures, syncState } from "./common.ts";
+export { type SyncState, envInt, percentile, printFigures, syncState } from "./common.ts";
 
 export type Json = Record<string, unknown>;
-
-/** A count from the environment (soak runs raise it), else the issue's number. */
-export function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw.trim() === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-export function printFigures(area: string, figures: unknown): void {
-  console.log(`CHAOS-FIGURES ${area}: ${JSON.stringify(figures)}`);
-}
-
-export function percentile(values: readonly number[], p: number): number | null {
-  if (values.length === 0) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] as number;
-}
 
 export const msSince = (t0: number): number => Math.round(performance.now() - t0);
 
@@ -176,17 +159,6 @@ export async function peers(node: NodeProcess): Promise<PeerView[]> {
   const { status, body } = await node.json<{ peers: PeerView[] }>("/api/v1/peers");
   if (status !== 200) throw new Error(`/api/v1/peers answered ${status}`);
   return body.peers;
-}
-
-export interface SyncState {
-  state_hash: string;
-  collections: { name: string; documents: [string, string][]; tombstones: [string, string][] }[];
-}
-
-export async function syncState(node: NodeProcess): Promise<SyncState> {
-  const { status, body } = await node.json<SyncState>("/api/v1/sync/state");
-  if (status !== 200) throw new Error(`/api/v1/sync/state answered ${status}`);
-  return body;
 }
 
 /** Waits until every node reports the same `state_hash`; returns that state. */

@@ -19,19 +19,10 @@ import { PeerConnector } from "../../../src/transport/connector.ts";
 import { signalRoutes } from "../../../src/transport/routes.ts";
 import { WebRtcTransport } from "../../../src/transport/webrtc.ts";
 import { type NodeProcess, freeTcpPort, udpRangeStart } from "../../harness/node-process.ts";
+import { type SyncState, envInt, printFigures, syncState } from "./common.ts";
+export { type SyncState, envInt, printFigures, syncState } from "./common.ts";
 
 // ---- counts and figures ---------------------------------------------------------------------------
-
-export function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  if (!/^[0-9]+$/.test(raw)) throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
-  return Number(raw);
-}
-
-export function printFigures(area: string, figures: unknown): void {
-  console.log(`CHAOS-FIGURES ${area}: ${JSON.stringify(figures)}`);
-}
 
 /** The seed of this run's random choices: PEAT_CHAOS_SEED reproduces a run (printed in the figures). */
 export function chaosSeed(): number {
@@ -127,17 +118,6 @@ export function metricSum(samples: Map<string, number>, name: string, labels: Re
     if (Object.entries(labels).every(([k, v]) => key.includes(`${k}="${v}"`))) sum += value;
   }
   return sum;
-}
-
-export interface SyncState {
-  state_hash: string;
-  collections: { name: string; documents: [string, string][]; tombstones: [string, string][] }[];
-}
-
-export async function syncState(node: NodeProcess): Promise<SyncState> {
-  const res = await node.fetch("/api/v1/sync/state", { signal: AbortSignal.timeout(15_000) });
-  if (res.status !== 200) throw new Error(`sync/state on ${node.env.HOSTNAME}: ${res.status}`);
-  return (await res.json()) as SyncState;
 }
 
 export async function healthy(node: NodeProcess): Promise<boolean> {

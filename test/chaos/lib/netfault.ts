@@ -11,6 +11,8 @@
 import { spawnSync } from "node:child_process";
 import { BridgeNetwork, type NetnsHost } from "../../k8s/netns.ts";
 import { type NodeProcess, startNode, tempDir, waitFor } from "../../harness/node-process.ts";
+import { type SyncState, envInt, printFigures, syncState } from "./common.ts";
+export { type SyncState, envInt, printFigures, syncState } from "./common.ts";
 
 export { netnsSkipReason, destroyAllNetworks } from "../../k8s/netns.ts";
 
@@ -32,14 +34,6 @@ function nft(ns: string, script: string): string {
   const result = spawnSync("ip", ["netns", "exec", ns, "nft", "-f", "-"], { input: script, encoding: "utf8" });
   if (result.status !== 0) throw new NftError(`nft in ${ns} failed: ${result.stderr.trim()}\n${script}`);
   return result.stdout;
-}
-
-/** Integer env var with a default; a bad value fails loudly rather than silently using the default. */
-export function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  if (!/^[0-9]+$/.test(raw)) throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
-  return Number(raw);
 }
 
 /**
@@ -229,17 +223,6 @@ export async function restartMember(m: MeshMember, whileDown: () => Promise<void
 
 // ---- observation --------------------------------------------------------------------------------
 
-export interface SyncState {
-  state_hash: string;
-  collections: { name: string; documents: [string, string][]; tombstones: [string, string][] }[];
-}
-
-export async function syncState(node: NodeProcess): Promise<SyncState> {
-  const res = await node.fetch("/api/v1/sync/state", { signal: AbortSignal.timeout(10_000) });
-  if (res.status !== 200) throw new Error(`sync/state on ${node.env.HOSTNAME}: ${res.status}`);
-  return (await res.json()) as SyncState;
-}
-
 /** Waits until every node reports the same state_hash; returns how long it took and the state. */
 export async function waitConverged(nodes: NodeProcess[], timeoutMs: number, what: string): Promise<{ ms: number; state: SyncState }> {
   const start = performance.now();
@@ -379,9 +362,4 @@ export async function read(node: NodeProcess, path: string): Promise<Json | unde
 export async function clockAdvance(ms = 3): Promise<void> {
   const start = Date.now();
   await waitFor(() => Date.now() >= start + ms, 1000, "the clock to advance", 1);
-}
-
-/** Prints the figures line the suite's report collects. */
-export function printFigures(area: string, figures: unknown): void {
-  console.log(`CHAOS-FIGURES ${area}: ${JSON.stringify(figures)}`);
 }

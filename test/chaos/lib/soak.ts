@@ -41,6 +41,7 @@ import {
   waitFor,
 } from "../../harness/node-process.ts";
 import { COLORS, type Marker, type Raster, encodePng, renderFigure } from "./png-plot.ts";
+import { percentile } from "./common.ts";
 
 // ---- options and results -----------------------------------------------------------------------
 
@@ -211,12 +212,6 @@ function readLoad1(): number | null {
   } catch {
     return null;
   }
-}
-
-export function percentile(sorted: readonly number[], p: number): number | null {
-  if (sorted.length === 0) return null;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i] as number;
 }
 
 function median(values: readonly number[]): number | null {
