@@ -39,6 +39,7 @@ import {
   normalizeDocument,
   rebuildDoc,
   renderDoc,
+  rootNumber,
 } from "./json.ts";
 import { LruCache } from "./lru.ts";
 import { applyMergePatch } from "./merge-patch.ts";
@@ -58,6 +59,29 @@ import type {
 } from "./types.ts";
 
 export const DEFAULT_CACHE_SIZE = 1000;
+/**
+ * Documents the background encoder built, kept for their first use instead of freed at once: sync
+ * pushes a new document to peers moments after it is built, and would otherwise load it straight
+ * back from its bytes (a sixth of a writing node's CPU in the bulk benchmark). A first use promotes
+ * it to the cache; an unused one (no peers) is freed when pushed out, so write-once documents still
+ * stay out of the cache.
+ */
+const RECENTLY_BUILT = 256;
+
+/**
+ * A document that arrives from a peer is stored with its Automerge form only and this in place of
+ * its JSON: rendering it (a fifth of a receiving node's CPU in the bulk benchmark) waits until
+ * writes from peers pause for RENDER_QUIET_MS, or until something reads it. Reads render on demand,
+ * so nothing ever sees the placeholder; past MAX_UNRENDERED, each arrival renders a few inline.
+ * After a restart the unrendered rows are found by reads only (a read renders and stores them).
+ */
+const UNRENDERED = "";
+const RENDER_QUIET_MS = 250;
+const RENDER_SLICE_MS = 5;
+const RENDER_GAP_MS = 5;
+const RENDER_BATCH = 64;
+const MAX_UNRENDERED = 50_000;
+const RENDER_INLINE = 2;
 export const DEFAULT_TOMBSTONE_TTL_SECS = 7 * 24 * 3600;
 export const DEFAULT_SWEEP_INTERVAL_MS = 10_000;
 /** Top-level document field giving the document's own time to live, in seconds. */
@@ -121,6 +145,10 @@ function checkVersion(version: DocVersion): void {
 
 const EMPTY = new Uint8Array(0);
 const cacheKey = (collection: string, id: string): string => `${collection}\u0000${id}`;
+const splitCacheKey = (key: string): { collection: string; id: string } => {
+  const at = key.indexOf("\u0000");
+  return { collection: key.slice(0, at), id: key.slice(at + 1) };
+};
 const isLive = (row: DocRow, now: number): boolean => row.expiresAt === null || row.expiresAt > now;
 const tombstoneVersion = (t: Tombstone): DocVersion => ({ hlc: t.hlc, writer: t.deletedBy });
 
@@ -173,6 +201,10 @@ export class DocumentStore implements Component {
   private readonly now: () => number;
   private readonly clock: HybridLogicalClock;
   private readonly cache: LruCache<string, Doc>;
+  private readonly recentlyBuilt: LruCache<string, Doc>;
+  /** Keys stored UNRENDERED since start, for the background renderer. */
+  private readonly unrendered = new Set<string>();
+  private renderTimer: ReturnType<typeof setTimeout> | undefined;
   /** wasm handles handed out by getDoc(): never freed by us, the GC finalizer reclaims them. */
   private readonly lent = new WeakSet<object>();
   private readonly listeners = new Set<(e: ChangeEvent) => void>();
@@ -202,6 +234,7 @@ export class DocumentStore implements Component {
     this.path = this.adapter.path;
     this.clock = new HybridLogicalClock(opts.nodeId, this.now);
     this.cache = new LruCache<string, Doc>(opts.cacheSize ?? DEFAULT_CACHE_SIZE, (_k, doc) => this.dispose(doc));
+    this.recentlyBuilt = new LruCache<string, Doc>(RECENTLY_BUILT, (_k, doc) => this.dispose(doc));
     this.tombstoneTtlMs = (opts.tombstoneTtlSecs ?? DEFAULT_TOMBSTONE_TTL_SECS) * 1000;
     this.collectionTtlSecs = { ...(opts.collectionTtlSecs ?? {}) };
     this.sweepIntervalMs = opts.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS;
@@ -240,9 +273,11 @@ export class DocumentStore implements Component {
     this.sweepTimer = undefined;
     if (this.encodeTimer) clearTimeout(this.encodeTimer);
     this.encodeTimer = undefined;
+    if (this.renderTimer) clearTimeout(this.renderTimer);
+    this.renderTimer = undefined;
     if (!this.started) return;
     this.started = false;
-    this.cache.clear();
+    this.clearCaches();
     this.totalsCache = undefined;
     this.adapter.close();
   }
@@ -258,7 +293,7 @@ export class DocumentStore implements Component {
       return this.adapter.group(fn);
     } catch (e) {
       if (e instanceof GroupCommitError) {
-        this.cache.clear();
+        this.clearCaches();
         this.totalsCache = undefined;
       }
       throw e;
@@ -297,7 +332,7 @@ export class DocumentStore implements Component {
     checkKey("id", id);
     const row = this.adapter.getDoc(collection, id);
     if (!row || !isLive(row, this.now())) return undefined;
-    return JSON.parse(row.json) as JsonObject;
+    return JSON.parse(this.rendered(row).json) as JsonObject;
   }
 
   list(collection: string, opts: { limit: number; after?: string }): { id: string; document: JsonObject }[] {
@@ -306,7 +341,7 @@ export class DocumentStore implements Component {
     if (!Number.isInteger(opts.limit) || opts.limit < 0) throw new BadRequestError(`limit must be a non-negative integer, got ${opts.limit}`);
     if (opts.limit === 0) return [];
     const rows = this.adapter.listDocs(collection, { after: opts.after, limit: opts.limit, now: this.now() });
-    return rows.map((r) => ({ id: r.id, document: JSON.parse(r.json) as JsonObject }));
+    return rows.map((r) => ({ id: r.id, document: JSON.parse(r.json === UNRENDERED ? this.renderedJson(collection, r.id) : r.json) as JsonObject }));
   }
 
   count(collection: string): number {
@@ -362,7 +397,7 @@ export class DocumentStore implements Component {
     const row = this.adapter.getDoc(collection, id);
     if (!row || !isLive(row, this.now())) throw new NotFoundError(`document not found: ${collection}/${id}`);
     const validPatch = normalizeDocument(patch).document;
-    const merged = applyMergePatch(JSON.parse(row.json) as JsonObject, validPatch);
+    const merged = applyMergePatch(JSON.parse(this.rendered(row).json) as JsonObject, validPatch);
     const normalized = normalizeDocument(merged);
     this.checkTtlField(normalized.document);
     return this.writeLocal(collection, id, normalized).document;
@@ -434,6 +469,7 @@ export class DocumentStore implements Component {
       return { created: true, document };
     }
 
+    prev = this.rendered(prev);
     const wasLive = isLive(prev, now);
     if (wasLive && prev.json === json) {
       // Same content: no Automerge change, no new version, no event. Only a TTL is refreshed.
@@ -589,7 +625,7 @@ export class DocumentStore implements Component {
     for (const b of built) {
       this.adjustTotals(0, 0, b.row.snapshotBytes);
       if (opts.cache) this.cacheReplace(b.row.collection, b.row.id, b.doc);
-      else Automerge.free(b.doc);
+      else this.keepRecentlyBuilt(b.row.collection, b.row.id, b.doc);
     }
     return built.map((b) => b.row);
   }
@@ -660,6 +696,11 @@ export class DocumentStore implements Component {
     const key = cacheKey(row.collection, row.id);
     const cached = this.cache.get(key);
     if (cached) return cached;
+    const built = this.recentlyBuilt.delete(key);
+    if (built) {
+      if (opts.cache) this.cache.set(key, built);
+      return built;
+    }
     if (row.headsHash === PENDING) throw new Error(`internal: ${row.collection}/${row.id} must be materialized before loading`);
     const chunks = this.adapter.readChunks(row.collection, row.id);
     if (chunks.length === 0) throw new StorageError(`stored document ${row.collection}/${row.id} has no Automerge data`);
@@ -683,16 +724,36 @@ export class DocumentStore implements Component {
 
   private cacheReplace(collection: string, id: string, doc: Doc): void {
     const key = cacheKey(collection, id);
-    const old = this.cache.delete(key);
-    if (old && Automerge.getBackend(old) !== Automerge.getBackend(doc)) this.dispose(old);
+    for (const old of this.uncache(key)) if (Automerge.getBackend(old) !== Automerge.getBackend(doc)) this.dispose(old);
     this.cache.set(key, doc);
+  }
+
+  private keepRecentlyBuilt(collection: string, id: string, doc: Doc): void {
+    const key = cacheKey(collection, id);
+    for (const old of this.uncache(key)) if (Automerge.getBackend(old) !== Automerge.getBackend(doc)) this.dispose(old);
+    this.recentlyBuilt.set(key, doc);
   }
 
   /** Drops the cached document (and `extra`, if it is a different handle) and frees them. */
   private forget(collection: string, id: string, extra?: Doc): void {
-    const old = this.cache.delete(cacheKey(collection, id));
-    if (old) this.dispose(old);
-    if (extra && (!old || Automerge.getBackend(old) !== Automerge.getBackend(extra))) this.dispose(extra);
+    const old = this.uncache(cacheKey(collection, id));
+    for (const doc of old) this.dispose(doc);
+    if (extra && !old.some((doc) => Automerge.getBackend(doc) === Automerge.getBackend(extra))) this.dispose(extra);
+  }
+
+  /** Removes the key from both caches without freeing; returns what they held. */
+  private uncache(key: string): Doc[] {
+    const held: Doc[] = [];
+    const cached = this.cache.delete(key);
+    if (cached) held.push(cached);
+    const built = this.recentlyBuilt.delete(key);
+    if (built) held.push(built);
+    return held;
+  }
+
+  private clearCaches(): void {
+    this.cache.clear();
+    this.recentlyBuilt.clear();
   }
 
   // ---------------------------------------------------------------- TTL and tombstone sweep
@@ -882,6 +943,9 @@ export class DocumentStore implements Component {
     this.requireOpen();
     checkKey("collection", collection);
     checkKey("id", id);
+    // Stored chunks mean a built document: one read instead of two (this is on the push path).
+    const chunks = this.adapter.readChunks(collection, id);
+    if (chunks.length > 0) return concatChunks(chunks);
     const row = this.adapter.getDoc(collection, id);
     if (!row) return undefined;
     this.materialize(row, { cache: false });
@@ -994,7 +1058,6 @@ export class DocumentStore implements Component {
       else this.cacheReplace(collection, id, after);
       return missing ? "missing-deps" : "unchanged";
     }
-    const document = renderDoc(after);
     const winner = prev && compareVersions(prev, version) > 0 ? { hlc: prev.hlc, writer: prev.writer } : version;
     const stored = prev
       ? this.chunkFor(prev, headsBefore, after)
@@ -1005,12 +1068,12 @@ export class DocumentStore implements Component {
     const row: DocRow = {
       collection,
       id,
-      json: JSON.stringify(document),
+      json: UNRENDERED,
       hlc: winner.hlc,
       writer: winner.writer,
       actor: prev?.actor ?? Automerge.getActorId(after),
       headsHash: docHeadsHash(after),
-      expiresAt: this.expiryFor(collection, document, this.now()),
+      expiresAt: this.expiryFor(collection, { [TTL_FIELD]: rootNumber(after, TTL_FIELD) ?? null }, this.now()),
       snapshotBytes: stored.snapshotBytes,
       incrementBytes: stored.incrementBytes,
     };
@@ -1019,7 +1082,78 @@ export class DocumentStore implements Component {
     // write re-creates the document and the tombstone goes.
     const clearTombstone = tombstone !== undefined && !prev && tombstone.hlc !== version.epoch;
     this.commitDoc(prev, row, stored.chunk, after, clearTombstone, "remote");
+    this.unrendered.add(cacheKey(collection, id));
+    if (this.unrendered.size > MAX_UNRENDERED) this.renderSome(RENDER_INLINE);
+    this.scheduleRenderer();
     return "applied";
+  }
+
+  // ---------------------------------------------------------------- deferred JSON of remote documents
+
+  /** The row with its JSON, rendered (and stored, where the disk allows) if it arrived UNRENDERED. */
+  private rendered(row: DocRow, opts: { mustStore: boolean } = { mustStore: false }): DocRow {
+    if (row.json !== UNRENDERED) return row;
+    const key = cacheKey(row.collection, row.id);
+    const cached = this.cache.has(key) || this.recentlyBuilt.has(key);
+    const doc = this.loadDoc(row, { cache: false });
+    let json: string;
+    try {
+      json = JSON.stringify(renderDoc(doc));
+    } finally {
+      if (!cached) this.dispose(doc);
+    }
+    const next = { ...row, json };
+    try {
+      this.commitMetadata(next);
+    } catch (e) {
+      if (opts.mustStore) throw e;
+      // A full or read-only disk: the read still gets its document; a later read renders again.
+      this.log.debug("could not store a rendered document", { collection: row.collection, id: row.id, error: errorMessage(e) });
+      return next;
+    }
+    this.unrendered.delete(key);
+    return next;
+  }
+
+  private renderedJson(collection: string, id: string): string {
+    const row = this.adapter.getDoc(collection, id);
+    if (!row) throw new StorageError(`internal: ${collection}/${id} vanished while being listed`);
+    return this.rendered(row).json;
+  }
+
+  /** Renders up to `limit` of the documents stored UNRENDERED, in one transaction. */
+  private renderSome(limit: number): number {
+    const keys = [...this.unrendered].slice(0, limit);
+    let count = 0;
+    this.adapter.transaction(() => {
+      for (const key of keys) {
+        const { collection, id } = splitCacheKey(key);
+        const row = this.adapter.getDoc(collection, id);
+        if (row && row.json === UNRENDERED) this.rendered(row, { mustStore: true });
+        else this.unrendered.delete(key);
+        count++;
+      }
+    });
+    return count;
+  }
+
+  /** Restarts the quiet period; when it passes, renders in slices that leave the loop free. */
+  private scheduleRenderer(delayMs = RENDER_QUIET_MS): void {
+    if (!this.started) return;
+    if (this.renderTimer) clearTimeout(this.renderTimer);
+    this.renderTimer = setTimeout(() => {
+      this.renderTimer = undefined;
+      if (!this.started) return;
+      const deadline = performance.now() + RENDER_SLICE_MS;
+      try {
+        while (this.unrendered.size > 0 && performance.now() < deadline) this.renderSome(RENDER_BATCH);
+      } catch (e) {
+        this.log.warn("background rendering of documents from peers failed; reads render them", { error: errorMessage(e) });
+        return;
+      }
+      if (this.unrendered.size > 0) this.scheduleRenderer(RENDER_GAP_MS);
+    }, delayMs);
+    this.renderTimer.unref?.();
   }
 
   /**

@@ -102,6 +102,19 @@ export function renderDoc(doc: Doc): JsonObject {
   return renderMap(Automerge.toJS(doc) as Record<string, unknown>);
 }
 
+/**
+ * One number at the document's root (undefined if absent or not a number), read without rendering
+ * the rest: what the store needs of a document it stores unrendered (its TTL field).
+ */
+export function rootNumber(doc: Doc, field: string): number | undefined {
+  const typed = Automerge.getBackend(doc).getWithType("_root", field) as [string, unknown] | null;
+  if (!typed) return undefined;
+  const [datatype, value] = typed;
+  if (datatype !== "int" && datatype !== "uint" && datatype !== "f64") return undefined;
+  const n = Number(value);
+  return Number.isFinite(n) ? n : undefined;
+}
+
 function renderMap(obj: Record<string, unknown>): JsonObject {
   const out: JsonObject = {};
   for (const k of Object.keys(obj)) setOwn(out, k, renderValue(obj[k]));

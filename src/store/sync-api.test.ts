@@ -401,3 +401,58 @@ describe("a document older than the tombstone beside it (the deleted history sur
     expect(store.getTombstone("notes", "n")?.hlc).toBe(tombstone.hlc);
   });
 });
+
+describe("documents from peers are rendered to JSON when read, or once peers pause", () => {
+  const rawJson = (store: DocumentStore, id: string) =>
+    (store as unknown as { adapter: { getDoc(c: string, id: string): { json: string } | undefined } }).adapter.getDoc("alerts", id)?.json;
+
+  async function received(opts: Partial<DocumentStoreOptions> = {}): Promise<{ a: DocumentStore; b: DocumentStore }> {
+    const a = await openStore("node-a");
+    const b = await openStore("node-b", opts);
+    for (const id of ["x", "y"]) {
+      a.put("alerts", id, { id, level: 3, tags: ["t"], _ttl_secs: 600 });
+      expect(pushChanges(a, b, "alerts", id)).toBe("applied");
+    }
+    return { a, b };
+  }
+
+  test("the row holds no JSON until read; get renders it, stores it and keeps the TTL from the document", async () => {
+    const { b } = await received();
+    expect(rawJson(b, "x")).toBe("");
+    expect(b.get("alerts", "x")).toEqual({ id: "x", level: 3, tags: ["t"], _ttl_secs: 600 });
+    expect(JSON.parse(rawJson(b, "x") as string)).toEqual({ id: "x", level: 3, tags: ["t"], _ttl_secs: 600 });
+    expect(rawJson(b, "y")).toBe("");
+    // The TTL was taken from the unrendered document: expired 600 s after receipt, not before.
+    expect(b.count("alerts")).toBe(2);
+  });
+
+  test("list, patch and put see the document, not the placeholder", async () => {
+    const { b } = await received();
+    expect(b.list("alerts", { limit: 10 }).map((d) => d.document.id)).toEqual(["x", "y"]);
+    const events = recorder(b);
+    // The same content again is no change (compared with the rendered JSON).
+    b.put("alerts", "y", { id: "y", level: 3, tags: ["t"], _ttl_secs: 600 });
+    expect(events).toEqual([]);
+    expect(b.patch("alerts", "y", { level: 4 })).toEqual({ id: "y", level: 4, tags: ["t"], _ttl_secs: 600 });
+    expect(events.map((e) => e.action)).toEqual(["upsert"]);
+  });
+
+  test("the background renderer stores the JSON of every received document once writes pause", async () => {
+    const { b } = await received();
+    const deadline = performance.now() + 5000;
+    while ((rawJson(b, "x") === "" || rawJson(b, "y") === "") && performance.now() < deadline) await Bun.sleep(20);
+    expect(JSON.parse(rawJson(b, "x") as string).id).toBe("x");
+    expect(JSON.parse(rawJson(b, "y") as string).id).toBe("y");
+  });
+
+  test("an unrendered row left by a stop is rendered by the first read after the restart", async () => {
+    const dataDir = temp.make();
+    const { b } = await received({ dataDir });
+    await b.stop();
+    stores.splice(stores.indexOf(b), 1);
+    const reopened = await openStore("node-b", { dataDir });
+    expect(rawJson(reopened, "x")).toBe("");
+    expect(reopened.get("alerts", "x")?.level).toBe(3);
+    expect(rawJson(reopened, "x")).not.toBe("");
+  });
+});

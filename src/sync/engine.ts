@@ -90,10 +90,14 @@ function splitKey(key: string): { collection: string; id: string } {
   return { collection: key.slice(0, sep), id: key.slice(sep + 1) };
 }
 
+type Version = ReturnType<DocumentStore["getVersion"]>;
+
+/** What one flush reads of a document once for all peers it goes to. */
 interface DocView {
-  version: ReturnType<DocumentStore["getVersion"]>;
+  version: Version;
   heads?: string[];
   bytes?: Uint8Array;
+  epoch?: { e?: string };
 }
 
 interface SendOptions {
@@ -176,6 +180,11 @@ export class SyncEngine implements Component {
   private flushScheduled = false;
   /** Keys whose fingerprint must be re-read before the index is next used. */
   private readonly stale = new Set<string>();
+  /**
+   * Versions read since the key last changed (a change event drops the key), so that applying an
+   * entry, refreshing the index and pushing read each document's row once. Cleared by every flush.
+   */
+  private readonly knownVersions = new Map<string, Version>();
   /** The peer whose data the store is applying right now: its echo is not sent back to it. */
   private applyingFrom: string | undefined;
   /** Messages received but not handled yet, per peer (see HANDLE_SLICE_MS). */
@@ -360,6 +369,7 @@ export class SyncEngine implements Component {
   private changed(collection: string, id: string, action: "upsert" | "delete" = "upsert"): void {
     const key = keyOf(collection, id);
     this.stale.add(key);
+    this.knownVersions.delete(key);
     if (action === "delete") {
       // The document's history is gone with it. What we knew of each peer's copy (heads it holds,
       // Automerge sync state) describes that history; kept, it would stall the sync of a document
@@ -387,7 +397,15 @@ export class SyncEngine implements Component {
     const keys = [...this.stale].map(splitKey);
     this.stale.clear();
     this.options.store.prepareForSync(keys);
-    for (const { collection, id } of keys) this.index.update(collection, id);
+    for (const { collection, id } of keys) this.index.update(collection, id, this.versionOf(collection, id));
+  }
+
+  private versionOf(collection: string, id: string): Version {
+    const key = keyOf(collection, id);
+    if (this.knownVersions.has(key)) return this.knownVersions.get(key);
+    const version = this.options.store.getVersion(collection, id);
+    this.knownVersions.set(key, version);
+    return version;
   }
 
   private scheduleFlush(): void {
@@ -407,6 +425,7 @@ export class SyncEngine implements Component {
         this.stale.clear();
         this.index.invalidate();
       }
+      this.knownVersions.clear();
       return;
     }
     this.refreshIndex();
@@ -418,6 +437,7 @@ export class SyncEngine implements Component {
       const to = recipients.filter((r) => r !== session).map((r) => r.peerId);
       this.sendEntries(session.peerId, keys, { whole: true, to, views });
     }
+    this.knownVersions.clear();
   }
 
   /**
@@ -468,7 +488,7 @@ export class SyncEngine implements Component {
     const key = keyOf(c, id);
     let view = opts.views?.get(key);
     if (!view) {
-      view = { version: store.getVersion(c, id) };
+      view = { version: this.versionOf(c, id) };
       opts.views?.set(key, view);
     }
     const version = view.version;
@@ -489,20 +509,20 @@ export class SyncEngine implements Component {
       if (sameHeads(known, heads)) return undefined;
       // Assume delivery; a receiver missing dependencies answers with an Automerge exchange instead.
       this.sharedFor(peerId).set(key, heads);
-      return { t: "chg", c, id, data: Automerge.saveSince(doc, known), heads, hlc: version.hlc, w: version.writer, ...this.epochOf(c, id) };
+      return { t: "chg", c, id, data: Automerge.saveSince(doc, known), heads, hlc: version.hlc, w: version.writer, ...(view.epoch ??= this.epochOf(c, id)) };
     }
     if (opts.whole && !known && !this.states.get(peerId)?.has(key)) {
       // Nothing known of the peer's copy, typically a new document: send all of it at once.
       const data = (view.bytes ??= store.getDocBytes(c, id));
       if (data && data.byteLength <= WHOLE_DOC_PUSH_MAX_BYTES) {
         this.sharedFor(peerId).set(key, heads);
-        return { t: "chg", c, id, data, heads, hlc: version.hlc, w: version.writer, ...this.epochOf(c, id) };
+        return { t: "chg", c, id, data, heads, hlc: version.hlc, w: version.writer, ...(view.epoch ??= this.epochOf(c, id)) };
       }
     }
     const states = this.statesFor(peerId);
     const [state, message] = Automerge.generateSyncMessage(doc, states.get(key) ?? Automerge.initSyncState());
     states.set(key, state);
-    return message ? { t: "am", c, id, m: message, hlc: version.hlc, w: version.writer, ...this.epochOf(c, id) } : undefined;
+    return message ? { t: "am", c, id, m: message, hlc: version.hlc, w: version.writer, ...(view.epoch ??= this.epochOf(c, id)) } : undefined;
   }
 
   /**
@@ -651,6 +671,10 @@ export class SyncEngine implements Component {
               }
             }
           });
+        } catch (e) {
+          // Versions read inside a group that did not commit are not what the store holds.
+          this.knownVersions.clear();
+          throw e;
         } finally {
           this.alsoSentTo = undefined;
         }
@@ -815,7 +839,7 @@ export class SyncEngine implements Component {
       entry.data,
     );
     if (outcome === "superseded") return outcome;
-    const version = store.getVersion(entry.c, entry.id);
+    const version = this.versionOf(entry.c, entry.id);
     if (outcome !== "missing-deps" && version?.headsHash === headsHash(entry.heads)) {
       // The usual case: we now hold exactly what the sender holds. Nothing to load or answer.
       this.sharedFor(peerId).set(key, entry.heads);

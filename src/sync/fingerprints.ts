@@ -8,6 +8,8 @@
 import type { DocumentStore, SyncModeRegistry } from "../store/index.ts";
 import type { RangeSummary } from "./protocol.ts";
 
+type Version = ReturnType<DocumentStore["getVersion"]>;
+
 export interface Item {
   fp: bigint;
   /** The version to compare when fingerprints differ: the newer side sends. */
@@ -64,8 +66,8 @@ export class FingerprintIndex {
     this.built = false;
   }
 
-  private fingerprintOf(collection: string, id: string): Item | undefined {
-    const version = this.store.getVersion(collection, id);
+  private fingerprintOf(collection: string, id: string, known?: Version): Item | undefined {
+    const version = known ?? this.store.getVersion(collection, id);
     if (version) return this.docItem(collection, id, version.headsHash, version.hlc, version.writer);
     const tombstone = this.store.getTombstone(collection, id);
     if (tombstone) return this.tombItem(collection, id, tombstone.hlc, tombstone.deletedBy);
@@ -119,10 +121,10 @@ export class FingerprintIndex {
     if (!old !== !item) index.sorted = undefined;
   }
 
-  /** Re-reads one document's state after it changed. */
-  update(collection: string, id: string): void {
+  /** Re-reads one document's state after it changed (`version`: already read, undefined for none). */
+  update(collection: string, id: string, version?: Version): void {
     if (!this.built) return;
-    this.set(this.collection(collection), id, this.fingerprintOf(collection, id));
+    this.set(this.collection(collection), id, this.fingerprintOf(collection, id, version));
   }
 
   /** Whether the document's current state is the FullHistory state with these heads. */

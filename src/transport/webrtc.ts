@@ -43,6 +43,7 @@ import {
 } from "./framing.ts";
 import { AuthHandshake, type Role } from "./handshake.ts";
 import { RateLimiter } from "./limits.ts";
+import { preloadWithTimerSlack } from "./rtc-threads.ts";
 import { type PeerKeys, SignalCodec, type SignalMessage, parseSignal } from "./signal.ts";
 import {
   type ConnectedListener,
@@ -351,6 +352,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       // initLogger throws without a callback under Bun; libdatachannel warnings are diagnostic only.
       nodeDataChannel.initLogger("Warning", (level, message) => rtcLog.debug(message, { level }));
     }
+    preloadWithTimerSlack(() => nodeDataChannel.preload());
     this.running = true;
     this.ticker = this.timers.interval(() => this.tick(), this.tuning.pingIntervalMs);
     this.ticker.unref?.();
@@ -960,9 +962,13 @@ export class WebRtcTransport extends TransportListeners implements Transport {
         this.closeLink(link, DisconnectReasons.timeout);
         continue;
       }
-      link.pingSeq = (link.pingSeq + 1) >>> 0;
-      link.pingSentAt = performance.now();
-      this.sendFrame(link, seqFrame(FrameType.ping, link.pingSeq));
+      // A peer heard from within the interval (its own ping, say) needs no ping to show it is
+      // alive: the two ends of an idle link take turns instead of both pinging every interval.
+      if (now - link.lastRx >= this.tuning.pingIntervalMs) {
+        link.pingSeq = (link.pingSeq + 1) >>> 0;
+        link.pingSentAt = performance.now();
+        this.sendFrame(link, seqFrame(FrameType.ping, link.pingSeq));
+      }
       // In case a buffered-amount-low callback was missed, nothing stays queued past one interval.
       this.flush(link);
     }
