@@ -47,6 +47,8 @@ export interface Config {
     /** One UDP port shared by every peer connection (true), or one port per connection from the range. */
     udpMux: boolean;
     intervalSecs: number;
+    /** Timer slack (ms) for libdatachannel's threads; 0: none. See src/transport/rtc-threads.ts. */
+    sctpTimerSlackMs: number;
   };
   compaction: {
     enabled: boolean;
@@ -401,6 +403,7 @@ export function loadConfig(env: Env = process.env, system: SystemFacts = { hostn
       ...(env.PEAT_SYNC_BIND !== undefined ? { bindAddress: parseBindAddress(env, "PEAT_SYNC_BIND", "") } : {}),
       udpMux: boolean(env, "PEAT_SYNC_UDP_MUX", true),
       intervalSecs: integer(env, ["PEAT_SYNC_INTERVAL_SECS"], DEFAULTS.PEAT_SYNC_INTERVAL_SECS, 1, 3600),
+      sctpTimerSlackMs: integer(env, ["PEAT_SCTP_TIMER_SLACK_MS"], 0, 0, 100, "an integer from 0 to 100 (milliseconds; 0 turns it off)"),
     },
     compaction: {
       enabled: boolean(env, "PEAT_COMPACTION_ENABLED", false),

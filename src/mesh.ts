@@ -97,6 +97,7 @@ export class PeatMesh {
         portRangeSize: config.sync.portRangeSize,
         iceServers: config.sync.iceServers,
         udpMux: config.sync.udpMux,
+        sctpTimerSlackMs: config.sync.sctpTimerSlackMs,
         ...(config.sync.bindAddress ? { bindAddress: config.sync.bindAddress } : {}),
       },
       log: this.log,

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { patternBytes } from "./conformance.ts";
 import { FrameError } from "./errors.ts";
-import { FrameType, Reassembler, encodeMessage, encodedLength, goodbyeFrame, readReason, readSeq, seqFrame } from "./framing.ts";
+import { FrameType, Reassembler, encodeMessage, encodedLength, goodbyeFrame, pingFrame, readPing, readReason, readSeq, seqFrame } from "./framing.ts";
 
 const CHUNK = 1024;
 
@@ -74,6 +74,14 @@ describe("encodeMessage / Reassembler", () => {
 });
 
 describe("control frames", () => {
+  test("a ping carries its sequence number, the peer's last one and how long ago that arrived", () => {
+    expect(readPing(pingFrame(7, 0xfffffffe, 1500.4))).toEqual({ seq: 7, echo: { seq: 0xfffffffe, heldUs: 1500 } });
+    expect(readPing(pingFrame(1, 0, 0))).toEqual({ seq: 1 });
+    expect(readPing(pingFrame(2, 1, -5)).echo?.heldUs).toBe(0);
+    expect(readPing(seqFrame(FrameType.ping, 9))).toEqual({ seq: 9 });
+    expect(() => readPing(Uint8Array.of(FrameType.ping, 0, 0, 0, 1, 0, 0))).toThrow(FrameError);
+  });
+
   test("ping/pong carry a sequence number", () => {
     expect(readSeq(seqFrame(FrameType.ping, 0xfffffffe))).toBe(0xfffffffe);
     expect(() => readSeq(Uint8Array.of(FrameType.ping, 1))).toThrow(FrameError);

@@ -80,6 +80,30 @@ export function encodedLength(length: number, chunkBytes: number): number {
   return length + Math.ceil(length / chunkBytes) + 4;
 }
 
+/**
+ * PING: its own sequence number, the last one received from the peer (0: none yet) and how long
+ * ago that arrived, in microseconds. Both ends ping every interval; the echo gives the other its
+ * round trip (now − our send time − the peer's hold time), so no PONG is needed.
+ */
+export function pingFrame(seq: number, echo: number, heldUs: number): Uint8Array {
+  const out = new Uint8Array(13);
+  out[0] = FrameType.ping;
+  const view = new DataView(out.buffer);
+  view.setUint32(1, seq >>> 0);
+  view.setUint32(5, echo >>> 0);
+  view.setUint32(9, Math.min(Math.max(0, Math.round(heldUs)), 0xffffffff));
+  return out;
+}
+
+/** A PING, in the form above or the older 5-byte one (sequence only, answered with a PONG). */
+export function readPing(frameBytes: Uint8Array): { seq: number; echo?: { seq: number; heldUs: number } } {
+  if (frameBytes.length === 5) return { seq: readSeq(frameBytes) };
+  if (frameBytes.length !== 13) throw new FrameError(`ping frame of ${frameBytes.length} bytes, expected 13 (or 5)`);
+  const view = new DataView(frameBytes.buffer, frameBytes.byteOffset, frameBytes.byteLength);
+  const echo = view.getUint32(5);
+  return { seq: view.getUint32(1), ...(echo !== 0 ? { echo: { seq: echo, heldUs: view.getUint32(9) } } : {}) };
+}
+
 export function readSeq(frameBytes: Uint8Array): number {
   if (frameBytes.length !== 5) throw new FrameError(`ping/pong frame of ${frameBytes.length} bytes, expected 5`);
   return new DataView(frameBytes.buffer, frameBytes.byteOffset, frameBytes.byteLength).getUint32(1);

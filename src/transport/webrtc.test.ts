@@ -88,7 +88,7 @@ describe("WebRtcTransport specifics", () => {
     const reasons: string[] = [];
     a.transport.onDisconnected((_, r) => reasons.push(r));
     await a.transport.dial(y, [b.address]);
-    await waitUntil(() => (a.transport.linkInfo(y)?.rttMs ?? null) !== null, 3000, "rtt");
+    await waitUntil(() => (a.transport.linkInfo(y)?.rttMs ?? null) !== null, 5000, "rtt");
     expect(a.transport.linkInfo(y)?.rttMs).toBeGreaterThanOrEqual(0);
     // b stops answering without closing anything: its ticker and channel go quiet.
     (b.transport as unknown as { onFrame: () => void }).onFrame = () => {};

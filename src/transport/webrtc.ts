@@ -37,6 +37,8 @@ import {
   encodeMessage,
   encodedLength,
   goodbyeFrame,
+  pingFrame,
+  readPing,
   readReason,
   readSeq,
   seqFrame,
@@ -70,6 +72,8 @@ export interface WebRtcTransportConfig {
    * Measurements behind the choice: docs/transport.md.
    */
   udpMux?: boolean;
+  /** Timer slack for libdatachannel's threads, in ms (default 0: none). See rtc-threads.ts. */
+  sctpTimerSlackMs?: number;
 }
 
 export interface TransportTuning {
@@ -202,6 +206,12 @@ class Link {
   lastRx = Date.now();
   pingSeq = 0;
   pingSentAt = 0;
+  /** The ping before the last one: the peer's ping may echo either. */
+  previousPingSeq = 0;
+  previousPingSentAt = 0;
+  /** The peer's last ping, echoed in ours. */
+  peerPingSeq = 0;
+  peerPingAt = 0;
   rttMs: number | null = null;
   bytesSent = 0;
   bytesReceived = 0;
@@ -352,7 +362,8 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       // initLogger throws without a callback under Bun; libdatachannel warnings are diagnostic only.
       nodeDataChannel.initLogger("Warning", (level, message) => rtcLog.debug(message, { level }));
     }
-    preloadWithTimerSlack(() => nodeDataChannel.preload());
+    const slackMs = this.options.config.sctpTimerSlackMs ?? 0;
+    if (slackMs > 0) preloadWithTimerSlack(() => nodeDataChannel.preload(), slackMs * 1_000_000);
     this.running = true;
     this.ticker = this.timers.interval(() => this.tick(), this.tuning.pingIntervalMs);
     this.ticker.unref?.();
@@ -844,11 +855,17 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     try {
       if (!bytes || bytes.length === 0) throw new FrameError("text or empty data-channel message");
       switch (bytes[0]) {
-        case FrameType.ping:
-          this.sendFrame(link, seqFrame(FrameType.pong, readSeq(bytes)));
+        case FrameType.ping: {
+          const ping = readPing(bytes);
+          // A 5-byte PING comes from an older node, which expects a PONG.
+          if (bytes.length === 5) this.sendFrame(link, seqFrame(FrameType.pong, ping.seq));
+          else if (ping.echo) this.measureRtt(link, ping.echo.seq, ping.echo.heldUs / 1000);
+          link.peerPingSeq = ping.seq;
+          link.peerPingAt = performance.now();
           return;
+        }
         case FrameType.pong:
-          if (readSeq(bytes) === link.pingSeq) link.rttMs = Math.round((performance.now() - link.pingSentAt) * 1000) / 1000;
+          this.measureRtt(link, readSeq(bytes), 0);
           return;
         case FrameType.goodbye:
           this.log.debug("Peer said goodbye", { peer: link.nodeId, reason: readReason(bytes) });
@@ -906,6 +923,8 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     };
     this.emitConnected(peer);
     link.settle.resolve();
+    // At once, so that the round trip is known within one ping interval of connecting.
+    this.ping(link);
   }
 
   private deliver(peerId: string, bytes: Uint8Array): void {
@@ -962,16 +981,27 @@ export class WebRtcTransport extends TransportListeners implements Transport {
         this.closeLink(link, DisconnectReasons.timeout);
         continue;
       }
-      // A peer heard from within the interval (its own ping, say) needs no ping to show it is
-      // alive: the two ends of an idle link take turns instead of both pinging every interval.
-      if (now - link.lastRx >= this.tuning.pingIntervalMs) {
-        link.pingSeq = (link.pingSeq + 1) >>> 0;
-        link.pingSentAt = performance.now();
-        this.sendFrame(link, seqFrame(FrameType.ping, link.pingSeq));
-      }
+      this.ping(link);
       // In case a buffered-amount-low callback was missed, nothing stays queued past one interval.
       this.flush(link);
     }
+  }
+
+  private ping(link: Link): void {
+    link.previousPingSeq = link.pingSeq;
+    link.previousPingSentAt = link.pingSentAt;
+    // Never 0, which in a PING's echo field means "none yet".
+    link.pingSeq = (link.pingSeq + 1) >>> 0 || 1;
+    link.pingSentAt = performance.now();
+    const heldUs = link.peerPingSeq === 0 ? 0 : (link.pingSentAt - link.peerPingAt) * 1000;
+    this.sendFrame(link, pingFrame(link.pingSeq, link.peerPingSeq, heldUs));
+  }
+
+  private measureRtt(link: Link, seq: number, heldMs: number): void {
+    const sentAt = seq === link.pingSeq ? link.pingSentAt : seq === link.previousPingSeq ? link.previousPingSentAt : undefined;
+    if (sentAt === undefined || seq === 0) return;
+    const rtt = performance.now() - sentAt - heldMs;
+    if (rtt >= 0) link.rttMs = Math.round(rtt * 1000) / 1000;
   }
 
   private closeLink(link: Link, reason: string, notifyPeer = true): void {
