@@ -9,7 +9,7 @@ describe("tunedEnvironment", () => {
 
   test("an operator's value wins; with every setting given there is nothing to do", () => {
     expect(tunedEnvironment({ BUN_GC_TIMER_INTERVAL: "1000" })?.BUN_GC_TIMER_INTERVAL).toBe("1000");
-    expect(tunedEnvironment({ BUN_GC_TIMER_INTERVAL: "1000", MIMALLOC_PURGE_DELAY: "10" })).toBeUndefined();
+    expect(tunedEnvironment({ BUN_GC_TIMER_INTERVAL: "1000", MIMALLOC_PURGE_HOLES_MIN_INTERVAL: "10" })).toBeUndefined();
   });
 
   test("a process that already re-executed never does again", () => {

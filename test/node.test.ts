@@ -97,11 +97,11 @@ describe("runtime settings (src/runtime-tuning.ts, src/transport/rtc-threads.ts)
   const threadsNamed = (pid: number, name: string) =>
     readdirSync(`/proc/${pid}/task`).filter((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim() === name);
 
-  test("the node replaces itself once, same PID and name, with Bun's idle GC timer and mimalloc purge set", async () => {
+  test("the node replaces itself once, same PID and name, with Bun's idle GC timer and mimalloc's purge interval set", async () => {
     const node = await startNode({ env: { HOSTNAME: "peat-mesh-0" } });
     const env = environ(node.pid);
     expect(env.get("BUN_GC_TIMER_INTERVAL")).toBe("120000");
-    expect(env.get("MIMALLOC_PURGE_DELAY")).toBe("-1");
+    expect(env.get("MIMALLOC_PURGE_HOLES_MIN_INTERVAL")).toBe("5000");
     expect(env.get("PEAT_RUNTIME_TUNED")).toBe("1");
     expect(readFileSync(`/proc/${node.pid}/comm`, "utf8").trim()).not.toBe("exe");
     expect(readFileSync(`/proc/${node.pid}/cmdline`, "utf8").split("\0")).toContain(MAIN);
@@ -112,7 +112,7 @@ describe("runtime settings (src/runtime-tuning.ts, src/transport/rtc-threads.ts)
     const node = await startNode({ env: { HOSTNAME: "peat-mesh-0", BUN_GC_TIMER_INTERVAL: "5000" } });
     const env = environ(node.pid);
     expect(env.get("BUN_GC_TIMER_INTERVAL")).toBe("5000");
-    expect(env.get("MIMALLOC_PURGE_DELAY")).toBe("-1");
+    expect(env.get("MIMALLOC_PURGE_HOLES_MIN_INTERVAL")).toBe("5000");
     await node.stop();
   });
 
