@@ -76,10 +76,8 @@ const RECENTLY_BUILT = 256;
  * After a restart the unrendered rows are found by reads only (a read renders and stores them).
  */
 const UNRENDERED = "";
+/** Then it works in the background encoder's slices (ENCODE_SLICE_MS, ENCODE_GAP_MS, ENCODE_BATCH). */
 const RENDER_QUIET_MS = 250;
-const RENDER_SLICE_MS = 5;
-const RENDER_GAP_MS = 5;
-const RENDER_BATCH = 64;
 const MAX_UNRENDERED = 50_000;
 const RENDER_INLINE = 2;
 export const DEFAULT_TOMBSTONE_TTL_SECS = 7 * 24 * 3600;
@@ -1094,8 +1092,10 @@ export class DocumentStore implements Component {
   private rendered(row: DocRow, opts: { mustStore: boolean } = { mustStore: false }): DocRow {
     if (row.json !== UNRENDERED) return row;
     const key = cacheKey(row.collection, row.id);
+    // A cached document stays cached (one just built is promoted: this is its first use); one
+    // loaded only to be rendered is freed.
     const cached = this.cache.has(key) || this.recentlyBuilt.has(key);
-    const doc = this.loadDoc(row, { cache: false });
+    const doc = this.loadDoc(row, { cache: cached });
     let json: string;
     try {
       json = JSON.stringify(renderDoc(doc));
@@ -1122,19 +1122,20 @@ export class DocumentStore implements Component {
   }
 
   /** Renders up to `limit` of the documents stored UNRENDERED, in one transaction. */
-  private renderSome(limit: number): number {
-    const keys = [...this.unrendered].slice(0, limit);
-    let count = 0;
+  private renderSome(limit: number): void {
+    const keys: string[] = [];
+    for (const key of this.unrendered) {
+      if (keys.length >= limit) break;
+      keys.push(key);
+    }
     this.adapter.transaction(() => {
       for (const key of keys) {
         const { collection, id } = splitCacheKey(key);
         const row = this.adapter.getDoc(collection, id);
         if (row && row.json === UNRENDERED) this.rendered(row, { mustStore: true });
         else this.unrendered.delete(key);
-        count++;
       }
     });
-    return count;
   }
 
   /** Restarts the quiet period; when it passes, renders in slices that leave the loop free. */
@@ -1144,14 +1145,14 @@ export class DocumentStore implements Component {
     this.renderTimer = setTimeout(() => {
       this.renderTimer = undefined;
       if (!this.started) return;
-      const deadline = performance.now() + RENDER_SLICE_MS;
+      const deadline = performance.now() + ENCODE_SLICE_MS;
       try {
-        while (this.unrendered.size > 0 && performance.now() < deadline) this.renderSome(RENDER_BATCH);
+        while (this.unrendered.size > 0 && performance.now() < deadline) this.renderSome(ENCODE_BATCH);
       } catch (e) {
         this.log.warn("background rendering of documents from peers failed; reads render them", { error: errorMessage(e) });
         return;
       }
-      if (this.unrendered.size > 0) this.scheduleRenderer(RENDER_GAP_MS);
+      if (this.unrendered.size > 0) this.scheduleRenderer(ENCODE_GAP_MS);
     }, delayMs);
     this.renderTimer.unref?.();
   }
