@@ -73,9 +73,9 @@ describe("parsing", () => {
     expect(c.log.filter.defaultLevel).toBe("debug");
   });
 
-  test("PEAT_SCTP_TIMER_SLACK_MS is off (0) unless set", () => {
-    expect(loadConfig(base).sync.sctpTimerSlackMs).toBe(0);
-    expect(loadConfig({ ...base, PEAT_SCTP_TIMER_SLACK_MS: "5" }).sync.sctpTimerSlackMs).toBe(5);
+  test("PEAT_SCTP_IDLE_PACE_MS: 100 unless set, 10 to 1000", () => {
+    expect(loadConfig(base).sync.sctpIdlePaceMs).toBe(100);
+    expect(loadConfig({ ...base, PEAT_SCTP_IDLE_PACE_MS: "10" }).sync.sctpIdlePaceMs).toBe(10);
   });
 
   test("aliases: PEAT_SYNC_PORT, PEAT_RELAY_URLS, PEAT_LOG", () => {
@@ -130,7 +130,7 @@ describe("refusals name the variable, the value and what is accepted", () => {
     ["sync port alias out of range", { ...base, PEAT_SYNC_PORT: "65535" }, "PEAT_SYNC_PORT", /"65535".*must fit/],
     ["compaction interval under 10 s", { ...base, PEAT_COMPACTION_INTERVAL_SECS: "5" }, "PEAT_COMPACTION_INTERVAL_SECS", /"5".*from 10/],
     ["compaction flag", { ...base, PEAT_COMPACTION_ENABLED: "maybe" }, "PEAT_COMPACTION_ENABLED", /"maybe".*true, false/],
-    ["SCTP timer slack over 100 ms", { ...base, PEAT_SCTP_TIMER_SLACK_MS: "250" }, "PEAT_SCTP_TIMER_SLACK_MS", /"250".*0 to 100.*0 turns it off/],
+    ["SCTP idle pace under 10 ms", { ...base, PEAT_SCTP_IDLE_PACE_MS: "5" }, "PEAT_SCTP_IDLE_PACE_MS", /"5".*10 to 1000.*10 turns it off/],
     ["log format", { ...base, PEAT_LOG_FORMAT: "xml" }, "PEAT_LOG_FORMAT", /"xml".*text or json/],
     ["log filter", { ...base, RUST_LOG: "info,peat_mesh=loud" }, "RUST_LOG", /peat_mesh=loud/],
     ["static peer without port", { ...base, PEAT_STATIC_PEERS: "10.0.0.2:8081,gateway" }, "PEAT_STATIC_PEERS", /entry "gateway"/],

@@ -47,8 +47,8 @@ export interface Config {
     /** One UDP port shared by every peer connection (true), or one port per connection from the range. */
     udpMux: boolean;
     intervalSecs: number;
-    /** Timer slack (ms) for libdatachannel's threads; 0: none. See src/transport/rtc-threads.ts. */
-    sctpTimerSlackMs: number;
+    /** Pace (ms) of usrsctp's timer thread while the transport is idle; 10: usrsctp's own. See src/transport/sctp-timer.ts. */
+    sctpIdlePaceMs: number;
   };
   compaction: {
     enabled: boolean;
@@ -403,7 +403,7 @@ export function loadConfig(env: Env = process.env, system: SystemFacts = { hostn
       ...(env.PEAT_SYNC_BIND !== undefined ? { bindAddress: parseBindAddress(env, "PEAT_SYNC_BIND", "") } : {}),
       udpMux: boolean(env, "PEAT_SYNC_UDP_MUX", true),
       intervalSecs: integer(env, ["PEAT_SYNC_INTERVAL_SECS"], DEFAULTS.PEAT_SYNC_INTERVAL_SECS, 1, 3600),
-      sctpTimerSlackMs: integer(env, ["PEAT_SCTP_TIMER_SLACK_MS"], 0, 0, 100, "an integer from 0 to 100 (milliseconds; 0 turns it off)"),
+      sctpIdlePaceMs: integer(env, ["PEAT_SCTP_IDLE_PACE_MS"], 100, 10, 1000, "an integer from 10 to 1000 (milliseconds; 10 turns it off)"),
     },
     compaction: {
       enabled: boolean(env, "PEAT_COMPACTION_ENABLED", false),

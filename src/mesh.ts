@@ -97,7 +97,7 @@ export class PeatMesh {
         portRangeSize: config.sync.portRangeSize,
         iceServers: config.sync.iceServers,
         udpMux: config.sync.udpMux,
-        sctpTimerSlackMs: config.sync.sctpTimerSlackMs,
+        sctpIdlePaceMs: config.sync.sctpIdlePaceMs,
         ...(config.sync.bindAddress ? { bindAddress: config.sync.bindAddress } : {}),
       },
       log: this.log,

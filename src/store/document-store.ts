@@ -1051,8 +1051,11 @@ export class DocumentStore implements Component {
       const missing = Automerge.getMissingDeps(after, headsAfter).length > 0;
       if (!prev) this.dispose(after);
       // `mutate` made the cached view outdated even though nothing changed: cache its successor.
-      // Changes queued for missing dependencies were not persisted, so drop them with the handle.
-      else if (missing) this.forget(collection, id);
+      // Changes queued for missing dependencies stay queued in it, unpersisted, as the Automerge
+      // exchange expects: the peer is asked only for the missing dependencies and does not send the
+      // queued changes again (dropping them here stalled the exchange for good). If the handle is
+      // evicted or the node restarts, they are lost, and the peer sends them again when asked (see
+      // SyncEngine.applySyncMessage).
       else this.cacheReplace(collection, id, after);
       return missing ? "missing-deps" : "unchanged";
     }

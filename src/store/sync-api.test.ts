@@ -113,6 +113,24 @@ describe("FullHistory: merging remote changes", () => {
     expect(b.get("alerts", "x")).toEqual({ v: 2 });
   });
 
+  test("a change waiting for a missing dependency stays queued (unpersisted) and applies when the dependency arrives", async () => {
+    const a = await openStore("node-a");
+    const b = await openStore("node-b");
+    a.put("alerts", "x", { v: 1 });
+    pushChanges(a, b, "alerts", "x");
+    a.put("alerts", "x", { v: 2 });
+    a.put("alerts", "x", { v: 3 });
+    const [, second, third] = Automerge.getAllChanges(a.getDoc("alerts", "x")!);
+    const v = a.getVersion("alerts", "x")!;
+    // The Automerge exchange asks the peer only for the missing dependency, not for the queued
+    // change again: dropping it would leave b at v2 for good.
+    expect(b.applyRemoteChanges("alerts", "x", [third!], v.hlc, v.writer)).toBe("missing-deps");
+    expect(b.get("alerts", "x")).toEqual({ v: 1 });
+    expect(b.applyRemoteChanges("alerts", "x", [second!], v.hlc, v.writer)).toBe("applied");
+    expect(b.get("alerts", "x")).toEqual({ v: 3 });
+    expect(b.getVersion("alerts", "x")!.headsHash).toBe(v.headsHash);
+  });
+
   test("garbage change bytes are InvalidRemoteDataError and leave the stored document intact", async () => {
     const a = await openStore("node-a");
     a.put("alerts", "x", { v: 1 });

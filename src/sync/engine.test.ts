@@ -12,7 +12,8 @@ import { Metrics } from "../metrics.ts";
 import { DocumentStore, SyncModeRegistry, type Tombstone } from "../store/index.ts";
 import { MemoryNetwork, MemoryTransport } from "../transport/memory.ts";
 import { SyncEngine } from "./engine.ts";
-import { encodeMessage } from "./protocol.ts";
+import { Automerge } from "../automerge.ts";
+import { type Entry, decodeMessage, encodeMessage } from "./protocol.ts";
 
 interface TestNode {
   id: string;
@@ -380,6 +381,45 @@ describe("traffic", () => {
     // listing of ids, and the other had nothing left to send.
     expect(sent(a, "items") - before.aItems + sent(b, "items") - before.bItems + sent(c, "items") - before.cItems).toBe(0);
     expect(sent(a, "batch") - before.aBatch + sent(b, "batch") - before.bBatch).toBe(1);
+  });
+});
+
+describe("the Automerge exchange", () => {
+  test("a peer that asks again for changes it was sent (it lost them: a restart, an evicted queue) gets them again", async () => {
+    const net = network();
+    const a = await node(net, "a");
+    // A bare transport stands in for the peer, so the test decides what it keeps.
+    const peer = new MemoryTransport({ nodeId: "z", network: net });
+    await peer.start();
+    const replies: Extract<Entry, { t: "am" }>[] = [];
+    peer.onMessage((_from, bytes) => {
+      const message = decodeMessage(bytes);
+      if (message.t === "batch") for (const e of message.entries) if (e.t === "am" && e.id === "n") replies.push(e);
+    });
+    a.store.put("notes", "n", { v: 1 });
+    const held = Automerge.clone(a.store.getDoc("notes", "n")!);
+    const { hlc, writer } = a.store.getVersion("notes", "n")!;
+    a.store.put("notes", "n", { v: 2 });
+    net.connect("a", "z");
+    await until(() => a.transport.connectedPeers().includes("z"), "a connected to the peer");
+    const send = (m: Uint8Array) => peer.send("a", encodeMessage({ t: "batch", entries: [{ t: "am", c: "notes", id: "n", m, hlc, w: writer }] }));
+
+    let state = Automerge.initSyncState();
+    let message: Uint8Array | null;
+    [state, message] = Automerge.generateSyncMessage(held, state);
+    send(message!);
+    await until(() => replies.length === 1, "a's answer with the change the peer lacks");
+    expect(Automerge.decodeSyncMessage(replies[0]!.m).changes.length).toBe(1);
+
+    // The peer takes in a's answer but loses the change, so it names it in `need`.
+    [, state] = Automerge.receiveSyncMessage(Automerge.clone(held), state, replies[0]!.m);
+    [state, message] = Automerge.generateSyncMessage(held, state);
+    expect(Automerge.decodeSyncMessage(message!).need.length).toBe(1);
+    send(message!);
+    await until(() => replies.length === 2, "a's second answer");
+    expect(Automerge.decodeSyncMessage(replies[1]!.m).changes.length).toBe(1);
+    const [doc] = Automerge.receiveSyncMessage(held, state, replies[1]!.m);
+    expect(doc).toEqual({ v: 2 });
   });
 });
 

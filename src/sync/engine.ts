@@ -131,6 +131,20 @@ function touchRecent<V>(map: Map<string, V>, key: string, bound: number): void {
   while (map.size > bound) map.delete(map.keys().next().value as string);
 }
 
+/** A sync state reduced to the heads both sides certainly hold: what was sent is forgotten. */
+function sharedHeadsOnly(state: SyncState): SyncState {
+  return Automerge.decodeSyncState(Automerge.encodeSyncState(state));
+}
+
+/** The `need` of an Automerge sync message; a message that does not decode is rejected later. */
+function decodeNeed(message: Uint8Array): string[] {
+  try {
+    return Automerge.decodeSyncMessage(message).need;
+  } catch {
+    return [];
+  }
+}
+
 function sameHeads(a: string[], b: string[]): boolean {
   if (a.length !== b.length) return false;
   const set = new Set(a);
@@ -267,7 +281,7 @@ export class SyncEngine implements Component {
     if (states) {
       this.states.delete(peerId);
       const reset = new Map<string, SyncState>();
-      for (const [key, state] of states) reset.set(key, Automerge.decodeSyncState(Automerge.encodeSyncState(state)));
+      for (const [key, state] of states) reset.set(key, sharedHeadsOnly(state));
       this.states.set(peerId, reset);
     }
     this.send(peerId, { t: "hello", v: PROTOCOL_VERSION });
@@ -799,9 +813,14 @@ export class SyncEngine implements Component {
     const key = keyOf(entry.c, entry.id);
     const states = this.statesFor(peerId);
     let state = states.get(key) ?? Automerge.initSyncState();
+    // Automerge never sends a change twice in one exchange. A peer that names one we hold in
+    // `need` lost it (changes waiting for a dependency are not kept across a restart or a cache
+    // eviction): forget what we sent, keeping the shared heads, or the exchange stalls for good.
+    const resend = decodeNeed(entry.m).length > 0;
     const outcome = store.applyRemoteWith(entry.c, entry.id, remoteVersion(entry), (doc: Doc) => {
       // Read now: applying the entry's epoch may have deleted our copy, and our sync state with it.
       state = states.get(key) ?? Automerge.initSyncState();
+      if (resend) state = sharedHeadsOnly(state);
       const [next, nextState] = Automerge.receiveSyncMessage(doc, state, entry.m);
       state = nextState;
       return next;

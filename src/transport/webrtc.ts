@@ -45,7 +45,7 @@ import {
 } from "./framing.ts";
 import { AuthHandshake, type Role } from "./handshake.ts";
 import { RateLimiter } from "./limits.ts";
-import { preloadWithTimerSlack } from "./rtc-threads.ts";
+import { SCTP_TICK_MS, enableSctpIdlePacing, setSctpBusy } from "./sctp-timer.ts";
 import { type PeerKeys, SignalCodec, type SignalMessage, parseSignal } from "./signal.ts";
 import {
   type ConnectedListener,
@@ -72,8 +72,11 @@ export interface WebRtcTransportConfig {
    * Measurements behind the choice: docs/transport.md.
    */
   udpMux?: boolean;
-  /** Timer slack for libdatachannel's threads, in ms (default 0: none). See rtc-threads.ts. */
-  sctpTimerSlackMs?: number;
+  /**
+   * Pace of usrsctp's timer thread while no data moves and no connection is being set up, in ms
+   * (default 10: usrsctp's own, the hook is not installed). See sctp-timer.ts.
+   */
+  sctpIdlePaceMs?: number;
 }
 
 export interface TransportTuning {
@@ -109,6 +112,14 @@ export interface TransportTuning {
   clockSkewMs: number;
   replayCacheSize: number;
 }
+
+/**
+ * Data per ping interval (both directions, all peers) below which the transport counts as idle for
+ * the SCTP timer's pace: the periodic reconciliation (a `root` each way, ~40 bytes, every 5 s) and
+ * pings move far less. Small as lone messages are, they need no SCTP timer to be delivered; the
+ * timers (acknowledgement, retransmission) matter once data flows, and then it runs at full pace.
+ */
+const QUIET_BYTES_PER_INTERVAL = 4096;
 
 export const DEFAULT_TUNING: TransportTuning = {
   chunkBytes: DEFAULT_CHUNK_BYTES,
@@ -299,6 +310,9 @@ export class WebRtcTransport extends TransportListeners implements Transport {
   private readonly graveyard = new Set<{ pc: PeerConnection; dc: DataChannel | undefined }>();
   private running = false;
   private ticker: ReturnType<typeof setInterval> | undefined;
+  /** Whether this transport holds the SCTP timer at full pace (noteActivity, checkIdle). */
+  private busy = false;
+  private bytesSinceTick = 0;
   private livePeerConnections = 0;
   private createdPeerConnections = 0;
   /** Data channels wired to a live connection (closed with it). */
@@ -362,9 +376,16 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       // initLogger throws without a callback under Bun; libdatachannel warnings are diagnostic only.
       nodeDataChannel.initLogger("Warning", (level, message) => rtcLog.debug(message, { level }));
     }
-    const slackMs = this.options.config.sctpTimerSlackMs ?? 0;
-    if (slackMs > 0) preloadWithTimerSlack(() => nodeDataChannel.preload(), slackMs * 1_000_000);
+    const idlePaceMs = this.options.config.sctpIdlePaceMs ?? SCTP_TICK_MS;
+    if (idlePaceMs > SCTP_TICK_MS) {
+      // The hook goes into the loaded addon, whose SCTP thread preload() starts.
+      nodeDataChannel.preload();
+      const unavailable = enableSctpIdlePacing(idlePaceMs);
+      if (unavailable) this.log.warn("SCTP timer pacing unavailable; usrsctp wakes every 10 ms", { reason: unavailable });
+    }
     this.running = true;
+    // Busy until a ping interval passes quietly.
+    this.noteActivity();
     this.ticker = this.timers.interval(() => this.tick(), this.tuning.pingIntervalMs);
     this.ticker.unref?.();
     const { config } = this.options;
@@ -380,6 +401,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
+    setSctpBusy(this, false);
     this.timers.clear(this.ticker);
     this.ticker = undefined;
     for (const link of [...this.links.values()]) this.closeLink(link, DisconnectReasons.stopped);
@@ -407,6 +429,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
       this.closeLink(link, DisconnectReasons.backpressure);
       return false;
     }
+    this.noteActivity(bytes.length);
     for (const frame of encodeMessage(bytes, this.tuning.chunkBytes)) {
       link.queue.push(frame);
       link.queuedBytes += frame.length;
@@ -739,6 +762,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     this.createdPeerConnections++;
     const link = new Link(nodeId, keys, role, pc, this.tuning);
     this.links.set(nodeId, link);
+    this.noteActivity();
     pc.onStateChange((state) => {
       if (state === "failed") this.closeLink(link, DisconnectReasons.iceFailed);
       else if (state === "closed") this.closeLink(link, DisconnectReasons.closedByPeer);
@@ -872,6 +896,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
           this.closeLink(link, DisconnectReasons.closedByPeer, false);
           return;
         default: {
+          this.noteActivity(bytes.length);
           const complete = link.reassembler.push(bytes);
           if (complete) this.deliver(link.nodeId, complete);
         }
@@ -971,7 +996,31 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     }
   }
 
+  /**
+   * Data is moving (past QUIET_BYTES_PER_INTERVAL) or a connection is being set up: SCTP's timers
+   * run at full pace (sctp-timer.ts). Without a size argument, busy at once.
+   */
+  private noteActivity(bytes = Number.POSITIVE_INFINITY): void {
+    this.bytesSinceTick += bytes;
+    if (!this.busy && this.bytesSinceTick > QUIET_BYTES_PER_INTERVAL) {
+      this.busy = true;
+      setSctpBusy(this, true);
+    }
+  }
+
+  /** Idle once a whole ping interval passed quietly with every link connected. */
+  private checkIdle(): void {
+    const settingUp = [...this.links.values()].some((l) => l.state !== "connected" && !l.closed);
+    if (settingUp) this.noteActivity();
+    else if (this.busy && this.bytesSinceTick <= QUIET_BYTES_PER_INTERVAL) {
+      this.busy = false;
+      setSctpBusy(this, false);
+    }
+    this.bytesSinceTick = 0;
+  }
+
   private tick(): void {
+    this.checkIdle();
     const now = Date.now();
     const silentMs = this.tuning.silentIntervals * this.tuning.pingIntervalMs;
     for (const link of [...this.links.values()]) {
