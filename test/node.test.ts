@@ -147,6 +147,7 @@ describe("runtime settings (src/runtime-tuning.ts, src/transport/sctp-timer.ts)"
     const idle = await sctpRunsPerSecond(b);
     expect(idle).toBeGreaterThan(5);
     expect(idle).toBeLessThan(30);
+    expect(await (await b.fetch("/metrics")).text()).toContain("\npeat_transport_sctp_timer_pace_ms 100\n");
     // Writes on a reach b as pushes: b's SCTP timers run at full pace while they do.
     let writing = true;
     const writer = (async () => {

@@ -45,7 +45,7 @@ import {
 } from "./framing.ts";
 import { AuthHandshake, type Role } from "./handshake.ts";
 import { RateLimiter } from "./limits.ts";
-import { SCTP_TICK_MS, enableSctpIdlePacing, setSctpBusy } from "./sctp-timer.ts";
+import { SCTP_TICK_MS, enableSctpIdlePacing, sctpPacer, setSctpBusy } from "./sctp-timer.ts";
 import { type PeerKeys, SignalCodec, type SignalMessage, parseSignal } from "./signal.ts";
 import {
   type ConnectedListener,
@@ -364,6 +364,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     metrics.gauge("peat_peers_connected", "Peers connected and authenticated", () => this.connectedCount());
     metrics.gauge("peat_transport_peer_connections", "Live WebRTC PeerConnections, pending ones included", () => this.livePeerConnections);
     metrics.gauge("peat_transport_data_channels", "Live WebRTC data channels, pending ones included", () => this.liveDataChannels);
+    metrics.gauge("peat_transport_sctp_timer_pace_ms", "How often usrsctp's timer thread ticks now: 10 while busy, PEAT_SCTP_IDLE_PACE_MS while idle", () => sctpPacer()?.paceMs ?? SCTP_TICK_MS);
   }
 
   // ---- lifecycle --------------------------------------------------------------------------------
