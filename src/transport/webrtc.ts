@@ -402,6 +402,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
+    this.busy = false;
     setSctpBusy(this, false);
     this.timers.clear(this.ticker);
     this.ticker = undefined;
@@ -1002,6 +1003,8 @@ export class WebRtcTransport extends TransportListeners implements Transport {
    * run at full pace (sctp-timer.ts). Without a size argument, busy at once.
    */
   private noteActivity(bytes = Number.POSITIVE_INFINITY): void {
+    // A stopped transport holds nothing: frames still arriving while it closes must not pin the pace.
+    if (!this.running) return;
     this.bytesSinceTick += bytes;
     if (!this.busy && this.bytesSinceTick > QUIET_BYTES_PER_INTERVAL) {
       this.busy = true;
