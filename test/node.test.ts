@@ -140,34 +140,45 @@ describe("runtime settings (src/runtime-tuning.ts, src/transport/sctp-timer.ts)"
     return pair as [Awaited<ReturnType<typeof startNode>>, Awaited<ReturnType<typeof startNode>>];
   }
 
+  const gauge = async (node: Awaited<ReturnType<typeof startNode>>, name: string): Promise<number> => {
+    const m = new RegExp(`^${name} (\\S+)$`, "m").exec(await (await node.fetch("/metrics")).text());
+    if (!m) throw new Error(`${name} not exported`);
+    return Number(m[1]);
+  };
+  /** The transport reports idle once a ping interval (2 s) passes with only pings and `root`s. */
+  const idle = (node: Awaited<ReturnType<typeof startNode>>) =>
+    waitFor(async () => (await gauge(node, "peat_transport_busy")) === 0, 20_000, `${node.env.HOSTNAME}'s transport to go idle`);
+
   test("idle, usrsctp's timer thread wakes about 10 times a second (PEAT_SCTP_IDLE_PACE_MS, default 100); with data moving, every 10 ms", async () => {
     const [a, b] = await connectedPair();
-    // Idle once a ping interval (2 s) passes with only pings.
-    await waitFor(async () => (await sctpRunsPerSecond(b, 1000)) < 30, 20_000, "b's SCTP timer to slow down once idle");
-    const idle = await sctpRunsPerSecond(b);
-    expect(idle).toBeGreaterThan(5);
-    expect(idle).toBeLessThan(30);
-    expect(await (await b.fetch("/metrics")).text()).toContain("\npeat_transport_sctp_timer_pace_ms 100\n");
+    await idle(b);
+    const idleRate = await sctpRunsPerSecond(b);
+    expect(idleRate).toBeGreaterThan(5);
+    expect(idleRate).toBeLessThan(30);
+    expect(await gauge(b, "peat_transport_sctp_timer_pace_ms")).toBe(100);
     // Writes on a reach b as pushes: b's SCTP timers run at full pace while they do.
     let writing = true;
     const writer = (async () => {
       for (let i = 0; writing; i++) await (await a.fetch(`/api/v1/documents/alerts/w${i % 50}`, { method: "PUT", body: JSON.stringify({ i }) })).arrayBuffer();
     })();
     await waitFor(async () => (await b.fetch("/api/v1/documents/alerts/w0")).status === 200, 10_000, "a's writes to reach b");
-    const busy = await sctpRunsPerSecond(b);
+    await waitFor(async () => (await gauge(b, "peat_transport_busy")) === 1, 10_000, "b's transport to count as busy");
+    const busyRate = await sctpRunsPerSecond(b);
+    const busyPace = await gauge(b, "peat_transport_sctp_timer_pace_ms");
     writing = false;
     await writer;
+    expect(busyPace).toBe(10);
     // Fewer only when the machine is too busy to run it on time.
-    expect(busy).toBeGreaterThan(60);
+    expect(busyRate).toBeGreaterThan(60);
     expect(b.lines.join("\n")).not.toContain("SCTP timer pacing unavailable");
     await Promise.all([a.stop(), b.stop()]);
   });
 
   test("PEAT_SCTP_IDLE_PACE_MS=10 leaves usrsctp's 10 ms timer alone, idle or not", async () => {
     const [a, b] = await connectedPair({ PEAT_SCTP_IDLE_PACE_MS: "10" });
-    // Past the ping interval after which the default would have slowed it.
-    await Bun.sleep(5000); // lets the idle condition arise; the assertion is on the rate after it
+    await idle(b);
     expect(await sctpRunsPerSecond(b)).toBeGreaterThan(60);
+    expect(await gauge(b, "peat_transport_sctp_timer_pace_ms")).toBe(10);
     await Promise.all([a.stop(), b.stop()]);
   });
 });

@@ -203,6 +203,8 @@ export class DocumentStore implements Component {
   /** Keys stored UNRENDERED since start, for the background renderer. */
   private readonly unrendered = new Set<string>();
   private renderTimer: ReturnType<typeof setTimeout> | undefined;
+  /** When the last document from a peer was stored (performance.now()), for the quiet period. */
+  private lastArrivalAt = 0;
   /** wasm handles handed out by getDoc(): never freed by us, the GC finalizer reclaims them. */
   private readonly lent = new WeakSet<object>();
   private readonly listeners = new Set<(e: ChangeEvent) => void>();
@@ -721,15 +723,18 @@ export class DocumentStore implements Component {
   }
 
   private cacheReplace(collection: string, id: string, doc: Doc): void {
-    const key = cacheKey(collection, id);
-    for (const old of this.uncache(key)) if (Automerge.getBackend(old) !== Automerge.getBackend(doc)) this.dispose(old);
-    this.cache.set(key, doc);
+    this.holdIn(this.cache, collection, id, doc);
   }
 
   private keepRecentlyBuilt(collection: string, id: string, doc: Doc): void {
+    this.holdIn(this.recentlyBuilt, collection, id, doc);
+  }
+
+  /** Puts `doc` in one of the caches, freeing whatever other handle either held for the key. */
+  private holdIn(cache: LruCache<string, Doc>, collection: string, id: string, doc: Doc): void {
     const key = cacheKey(collection, id);
     for (const old of this.uncache(key)) if (Automerge.getBackend(old) !== Automerge.getBackend(doc)) this.dispose(old);
-    this.recentlyBuilt.set(key, doc);
+    cache.set(key, doc);
   }
 
   /** Drops the cached document (and `extra`, if it is a different handle) and frees them. */
@@ -1141,13 +1146,23 @@ export class DocumentStore implements Component {
     });
   }
 
-  /** Restarts the quiet period; when it passes, renders in slices that leave the loop free. */
-  private scheduleRenderer(delayMs = RENDER_QUIET_MS): void {
-    if (!this.started) return;
-    if (this.renderTimer) clearTimeout(this.renderTimer);
+  /**
+   * Restarts the quiet period; once it passes, renders in slices that leave the loop free. Called
+   * for every document that arrives, so it only notes the time: the one timer checks it when it
+   * fires, instead of being replaced on each arrival.
+   */
+  private scheduleRenderer(): void {
+    this.lastArrivalAt = performance.now();
+    this.armRenderer(RENDER_QUIET_MS);
+  }
+
+  private armRenderer(delayMs: number): void {
+    if (!this.started || this.renderTimer) return;
     this.renderTimer = setTimeout(() => {
       this.renderTimer = undefined;
       if (!this.started) return;
+      const quietFor = performance.now() - this.lastArrivalAt;
+      if (quietFor < RENDER_QUIET_MS) return this.armRenderer(RENDER_QUIET_MS - quietFor);
       const deadline = performance.now() + ENCODE_SLICE_MS;
       try {
         while (this.unrendered.size > 0 && performance.now() < deadline) this.renderSome(ENCODE_BATCH);
@@ -1155,7 +1170,7 @@ export class DocumentStore implements Component {
         this.log.warn("background rendering of documents from peers failed; reads render them", { error: errorMessage(e) });
         return;
       }
-      if (this.unrendered.size > 0) this.scheduleRenderer(ENCODE_GAP_MS);
+      if (this.unrendered.size > 0) this.armRenderer(ENCODE_GAP_MS);
     }, delayMs);
     this.renderTimer.unref?.();
   }

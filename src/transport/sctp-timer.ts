@@ -4,8 +4,8 @@
  * usrsctp (inside node-datachannel's addon) runs one "SCTP timer" thread per process that loops on
  * `nanosleep(10 ms)` and, after each return, advances SCTP's clock by a fixed 10 ms. 100 wake-ups
  * a second cost 0.10–0.16 CPU-s/min on the bench VM, over half of an idle node's budget. Timer slack
- * (rtc-threads.ts) makes the wake-ups late, and since every wake-up still counts as 10 ms, SCTP's
- * retransmission timers then run slow in real time.
+ * (tried before, and removed) makes the wake-ups late, and since every wake-up still counts as
+ * 10 ms, SCTP's retransmission timers then run slow in real time.
  *
  * Here the addon's import of `nanosleep` (its GOT slot) is pointed at a small C function
  * (sctp-timer.c, compiled at run time with bun:ffi's TinyCC) that, on the SCTP timer thread only,

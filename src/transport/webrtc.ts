@@ -364,6 +364,7 @@ export class WebRtcTransport extends TransportListeners implements Transport {
     metrics.gauge("peat_peers_connected", "Peers connected and authenticated", () => this.connectedCount());
     metrics.gauge("peat_transport_peer_connections", "Live WebRTC PeerConnections, pending ones included", () => this.livePeerConnections);
     metrics.gauge("peat_transport_data_channels", "Live WebRTC data channels, pending ones included", () => this.liveDataChannels);
+    metrics.gauge("peat_transport_busy", "1 while data moves (over 4 KiB per ping interval) or a connection is being set up, 0 when idle", () => (this.busy ? 1 : 0));
     metrics.gauge("peat_transport_sctp_timer_pace_ms", "How often usrsctp's timer thread ticks now: 10 while busy, PEAT_SCTP_IDLE_PACE_MS while idle", () => sctpPacer()?.paceMs ?? SCTP_TICK_MS);
   }
 
@@ -1014,7 +1015,8 @@ export class WebRtcTransport extends TransportListeners implements Transport {
 
   /** Idle once a whole ping interval passed quietly with every link connected. */
   private checkIdle(): void {
-    const settingUp = [...this.links.values()].some((l) => l.state !== "connected" && !l.closed);
+    let settingUp = false;
+    for (const link of this.links.values()) settingUp ||= link.state !== "connected" && !link.closed;
     if (settingUp) this.noteActivity();
     else if (this.busy && this.bytesSinceTick <= QUIET_BYTES_PER_INTERVAL) {
       this.busy = false;
